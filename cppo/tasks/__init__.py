@@ -1,0 +1,46 @@
+"""Verifiable tasks: the synthetic chain-arithmetic task and the real math path.
+
+``get_task(cfg)`` builds the task named by a config's ``task`` section (a mapping or a typed
+``TaskConfig``). Every task exposes ``sample(rng, n)`` (rows with ``id``, ``problem``, ``answer``,
+``solution``), ``rewards(responses, answers, stopped)`` and ``eval_split(name, n, seed)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+from cppo.tasks.chain import ChainTask, make_split
+
+__all__ = ["ChainTask", "make_split", "get_task", "ChainTaskWithSplits"]
+
+
+class ChainTaskWithSplits(ChainTask):
+    """A chain task that also knows its named evaluation splits (``chain_id``, ``chain_ood``)."""
+
+    def __init__(self, K: int = 24, modulus: int = 10, ood_K: int | None = None, max_operand: int | None = None):
+        super().__init__(K=K, modulus=modulus, max_operand=max_operand)
+        object.__setattr__(self, "ood_K", ood_K or K + 8)
+
+    def eval_split(self, name: str, n: int, seed: int = 0) -> list[dict]:
+        return make_split(name, n, seed=seed, K=self.K, modulus=self.modulus, ood_K=self.ood_K)
+
+
+def get_task(cfg: Any):
+    """Build a task from its config section: ``{name: chain, K, modulus, ood_K}`` or ``{name: math, ...}``."""
+    if is_dataclass(cfg):
+        cfg = asdict(cfg)
+    cfg = dict(cfg or {})
+    name = cfg.pop("name", "chain")
+    if name == "chain":
+        return ChainTaskWithSplits(K=int(cfg.get("K", 24)), modulus=int(cfg.get("modulus", 10)),
+                                   ood_K=cfg.get("ood_K"), max_operand=cfg.get("max_operand"))
+    if name == "math":
+        from cppo.tasks.math import MathTask
+
+        keys = {"train_file", "test_files", "template", "timeout_s", "workers", "data_dir"}
+        kw = {k: v for k, v in cfg.items() if k in keys and v is not None}
+        if "test_files" in kw:
+            kw["test_files"] = tuple(kw["test_files"])
+        return MathTask(**kw)
+    raise ValueError(f"unknown task {name!r}; choose from ['chain', 'math']")

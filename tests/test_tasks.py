@@ -1,0 +1,129 @@
+"""Chain task: generator, solver, reward (incl. malformed responses), splits; task factory; data dir."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from cppo.data import data_dir, load_benchmark_file
+from cppo.tasks import get_task
+from cppo.tasks.chain import ChainTask, make_split, parse_problem, solve
+
+
+def test_solver_hand_computed():
+    # 7 +3 -> 0, -5 -> 5, +9 -> 4  (mod 10)
+    assert solve(7, [3, -5, 9], 10) == [0, 5, 4]
+    # mod 7: 6 +6 -> 5, -6 -> 6
+    assert solve(6, [6, -6], 7) == [5, 6]
+
+
+def test_make_problem_format():
+    row = ChainTask(K=3).make_problem(7, [3, -5, 9])
+    assert row["problem"] == "7+3-5+9="
+    assert row["solution"] == "054"
+    assert row["answer"] == "4"
+    assert parse_problem(row["problem"]) == (7, [3, -5, 9])
+
+
+def test_sample_is_consistent_and_seeded():
+    task = ChainTask(K=24)
+    rows = task.sample(random.Random(5), 50)
+    assert rows == task.sample(5, 50)
+    assert rows != task.sample(6, 50)
+    for r in rows:
+        start, ops = parse_problem(r["problem"])
+        assert len(ops) == 24 and 0 not in ops
+        assert "".join(map(str, solve(start, ops, 10))) == r["solution"]
+        assert r["solution"][-1] == r["answer"]
+        assert task.reward(r["solution"], r["answer"]) == 1.0
+        assert r["problem"].isascii() and len(r["problem"]) == 1 + 2 * 24 + 1
+
+
+@pytest.mark.parametrize(
+    "response,expected",
+    [
+        ("054", 1.0),
+        (" 054\n", 1.0),  # surrounding whitespace ignored
+        ("994", 1.0),  # only the final value is checked
+        ("053", 0.0),  # wrong final value
+        ("54", 0.0),  # too short
+        ("0544", 0.0),  # too long (did not stop after K values)
+        ("05 4", 0.0),  # separator inside
+        ("0a4", 0.0),  # not a digit for modulus 10
+        ("", 0.0),
+        ("=054", 0.0),
+    ],
+)
+def test_reward_cases(response, expected):
+    assert ChainTask(K=3).reward(response, "4") == expected
+
+
+def test_reward_requires_stop():
+    task = ChainTask(K=3)
+    assert task.reward("054", "4", stopped=False) == 0.0
+    assert task.rewards(["054", "054", "053"], ["4", "4", "4"], [True, False, True]) == [1.0, 0.0, 0.0]
+
+
+def test_modulus_letters():
+    task = ChainTask(K=2, modulus=16)
+    row = task.make_problem(15, [15, -3])
+    assert row["problem"] == "f+f-3="
+    assert row["solution"] == "eb" and task.reward("eb", "b") == 1.0
+
+
+def test_bad_parameters():
+    with pytest.raises(ValueError, match="K must be"):
+        ChainTask(K=0)
+    with pytest.raises(ValueError, match="modulus"):
+        ChainTask(modulus=1)
+    with pytest.raises(ValueError, match="unknown chain split"):
+        make_split("chain_xx", 3)
+    with pytest.raises(ValueError, match="unknown task"):
+        get_task({"name": "sudoku"})
+
+
+def test_splits_reproducible_disjoint_and_harder():
+    a = make_split("chain_id", 20, seed=0)
+    assert a == make_split("chain_id", 20, seed=0)
+    assert make_split("chain_id", 30, seed=0)[:20] == a  # a larger n extends a smaller one
+    ood = make_split("chain_ood", 5, seed=0, K=24)
+    assert all(len(r["solution"]) == 32 for r in ood)
+    val = make_split("chain_val", 20, seed=0)
+    assert {r["problem"] for r in val}.isdisjoint({r["problem"] for r in a})
+    assert [r["id"] for r in a[:2]] == ["chain_id-0", "chain_id-1"]
+
+
+def test_get_task_chain_splits():
+    task = get_task({"name": "chain", "K": 6, "modulus": 10, "ood_K": 9})
+    assert task.K == 6
+    assert len(task.eval_split("chain_ood", 3)[0]["solution"]) == 9
+    assert len(task.sample(0, 4)) == 4
+
+
+def test_random_guessing_scores_about_one_in_m():
+    task = ChainTask(K=24)
+    rng = random.Random(0)
+    rows = task.sample(1, 4000)
+    acc = sum(task.reward("".join(rng.choice("0123456789") for _ in range(24)), r["answer"]) for r in rows) / 4000
+    assert 0.08 < acc < 0.12
+
+
+def test_data_dir_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("CPPO_DATA_DIR", str(tmp_path))
+    assert data_dir() == tmp_path
+    monkeypatch.delenv("CPPO_DATA_DIR")
+    assert data_dir({"data_dir": str(tmp_path / "x")}) == tmp_path / "x"
+    (tmp_path / "b.jsonl").write_text('{"id": "1", "problem": "p", "answer": "2"}\n\n')
+    assert load_benchmark_file("b", {"data_dir": str(tmp_path)}) == [{"id": "1", "problem": "p", "answer": "2"}]
+    assert load_benchmark_file("absent", {"data_dir": str(tmp_path)}) is None
+    (tmp_path / "bad.jsonl").write_text('{"id": "1", "problem": "p"}\n')
+    with pytest.raises(ValueError, match="answer"):
+        load_benchmark_file("bad", {"data_dir": str(tmp_path)})
+
+
+def test_math_task_samples_local_file(data_dir):
+    task = get_task({"name": "math", "train_file": "gsm8k_train"})
+    rows = task.sample(0, 3)
+    assert len(rows) == 3 and all("\\boxed{}" in r["problem"] for r in rows)
+    assert rows == task.sample(0, 3)
