@@ -1,0 +1,151 @@
+"""CPPO: cumulative prefix-divergence policy optimisation (Mao et al., arXiv 2606.10968, 2026).
+
+What it changes relative to DPPO's uniform mask D_t ≤ δ — two coupled changes, no new loss term:
+
+1. A linear, decreasing position weight w_t = 1 − (1 − w_min)(t − 1)/(T − 1) (w_1 = 1, w_T = w_min):
+   the token test w_t D_t ≤ δ is strictest at the first token (errors there affect the whole remaining
+   horizon) and loosest at the last.
+2. A cumulative prefix budget: with Z_t = w_t D_t, S_t = Σ_{j≤t} Z_j, W_t = Σ_{j≤t} w_j (accumulated over
+   *all* response tokens, whatever their mask or advantage), the weighted prefix average may not exceed
+   δ_b beyond an initial slack δ: S_t ≤ δ + δ_b W_{t−1}.
+
+Combined (Algorithm 1 of the paper):
+
+    c_t = min(δ, δ + δ_b W_{t−1} − S_{t−1});   I_t = [Z_t ≤ c_t]
+    M_t = gate_t ∨ I_t,   gate_t = [Â_t (ρ_t − 1) ≤ 0]
+    loss_t = −M_t Â_t sg(min(ρ_t, C)) log π_t      (C = 20; C = None gives −M_t Â_t ρ_t)
+
+Design decisions (each a parameter; METHODS.md marks the paper's ambiguities as choices):
+- Vectorised: S_{t−1}, W_{t−1} are a cumsum shifted right by one step; no Python loop over positions.
+  t counts response tokens only, so left- and right-padded batches give the same result.
+- `horizon`: T is the response's own length (`response`, default) or a fixed maximum length (`max`:
+  `max_horizon`, else the batch's padded width, as one public implementation does). For T = 1, w_1 = 1.
+- `delta_b_mode`: `fixed` δ_b, or `p90` — per sequence δ_b,i = clamp(P90(D_i,1..T), δ_b, 2δ_b) (used for
+  Base models), P90 by linear interpolation over the sequence's response tokens.
+- `mask_mode`: `hard` mask M_t, or the paper's `soft` gate: violation x_t = max(Z_t/δ, S_t/(δ + δ_b W_{t−1}))
+  and gradient weight 1 where gate_t ∨ I_t, else min(1, 1/x_t). Soft-gated tokens are "kept" (weight > 0)
+  and counted in masked_frac as down-weighted.
+- Ablations: `no_position_weight` (w ≡ 1), `no_prefix_budget` (only w_t D_t ≤ δ), `shuffled_weights`
+  (the same multiset of w_t at random response positions, drawn from `shuffle_seed`: deterministic).
+- `anchor`: `rollout` (ρ and D against μ, the paper) or `old` (against π_old).
+- Metrics: token_reject_frac (eligible tokens failing the gate with Z_t > δ) and prefix_reject_frac
+  (failing the gate with Z_t ≤ δ but over the prefix budget); they sum to masked_frac in hard mode.
+
+Paper defaults (Table 3): δ = 0.15 (0.20 for the 30B MoE), δ_b = 0.02 with P90 calibration for Base
+models (0.015 fixed for post-trained), w_min = 0.8, top-K TV with K = 20, C = 20.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from cppo.rules.diagnostics import shared_metrics
+from cppo.rules.divergence import ANCHORS, DIVERGENCES, token_divergence
+from cppo.rules.gate import advantage_gate, is_surrogate, policy_terms
+from cppo.rules.registry import param, register_rule
+from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
+
+ABLATIONS = (None, "no_position_weight", "no_prefix_budget", "shuffled_weights")
+
+
+@dataclass
+class CPPOParams:
+    """Parameters of `cppo`."""
+
+    delta: float = param(0.15, "token threshold δ on w_t·D_t, also the prefix budget's initial slack")
+    delta_b: float = param(0.02, "prefix budget δ_b: bound on the weighted prefix average of D (p90 mode: its floor)")
+    delta_b_mode: str = param("p90", "fixed δ_b, or p90: per sequence clamp(P90(D), δ_b, 2δ_b)", ("fixed", "p90"))
+    w_min: float = param(0.8, "position weight at the last token, w_t = 1 − (1 − w_min)(t − 1)/(T − 1)")
+    horizon: str = param("response", "T of the position weight: the response's length, or max", ("response", "max"))
+    max_horizon: Optional[int] = param(None, "T for horizon=max; None = the batch's padded width")
+    divergence: str = param("topk_tv", "D_t: binary_tv, binary_kl, topk_tv or topk_kl", DIVERGENCES)
+    mask_mode: str = param("hard", "hard mask, or soft gate min(1, 1/violation)", ("hard", "soft"))
+    ablation: Optional[str] = param(None, "None, no_position_weight, no_prefix_budget or shuffled_weights", ABLATIONS)
+    shuffle_seed: int = param(0, "seed of the position permutation for ablation=shuffled_weights")
+    anchor: str = param("rollout", "reference policy of ρ and D: rollout (μ) or old (π_old)", ANCHORS)
+    trunc_cap: Optional[float] = param(20.0, "C in −M·Â·sg(min(ρ, C))·log π; None = untruncated −M·Â·ρ")
+
+    def __post_init__(self):
+        if not self.delta > 0:
+            raise ValueError(f"cppo: delta must be > 0, got {self.delta}")
+        if not self.delta_b >= 0:
+            raise ValueError(f"cppo: delta_b must be >= 0, got {self.delta_b}")
+        if not 0 < self.w_min <= 1:
+            raise ValueError(f"cppo: w_min must be in (0, 1], got {self.w_min}")
+        if self.max_horizon is not None and not self.max_horizon >= 1:
+            raise ValueError(f"cppo: max_horizon must be >= 1 or None, got {self.max_horizon}")
+        if self.trunc_cap is not None and not self.trunc_cap > 0:
+            raise ValueError(f"cppo: trunc_cap must be > 0 or None, got {self.trunc_cap}")
+
+    @property
+    def needs_topk(self) -> bool:
+        return self.divergence.startswith("topk")
+
+
+def position_weights(mask: Tensor, p: CPPOParams, dt: torch.dtype = torch.float32) -> Tensor:
+    """w_t on response tokens, 0 on padding; (B, T). t counts response tokens (1-based in the formula)."""
+    if p.ablation == "no_position_weight" or p.w_min == 1.0:
+        return mask.to(dt)
+    idx = mask.long().cumsum(dim=1) - 1  # (B, T): t − 1
+    if p.ablation == "shuffled_weights":
+        # a seeded random permutation of the positions 0..L−1 within each row
+        gen = torch.Generator(device=mask.device).manual_seed(p.shuffle_seed)
+        keys = torch.rand(mask.shape, generator=gen, device=mask.device)
+        keys = torch.where(mask, keys, 2.0)  # padding sorts last
+        idx = keys.argsort(dim=1).argsort(dim=1)  # rank among the row's response tokens
+    if p.horizon == "response":
+        horizon = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    else:
+        horizon = torch.full((1, 1), p.max_horizon or mask.shape[1], device=mask.device)
+    w = 1.0 - (1.0 - p.w_min) * idx.to(dt) / (horizon - 1).clamp_min(1).to(dt)
+    return torch.where(mask, w.clamp_min(p.w_min), 0.0)
+
+
+def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
+    """δ_b: the fixed value, or per sequence clamp(P90(D), δ_b, 2δ_b) as a (B, 1) tensor."""
+    if p.delta_b_mode == "fixed":
+        return p.delta_b
+    q = torch.nanquantile(torch.where(mask, div, float("nan")), 0.9, dim=1, keepdim=True)  # (B, 1)
+    return q.nan_to_num(p.delta_b).clamp(p.delta_b, 2 * p.delta_b)
+
+
+@register_rule("cppo", CPPOParams, paper="Mao et al. 2026, arXiv 2606.10968",
+               summary="position-weighted token test + cumulative prefix-divergence budget")
+def cppo(batch: PolicyBatch, p: CPPOParams) -> RuleOutput:
+    mask = batch.mask
+    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    div = token_divergence(batch, p.divergence, p.anchor)  # (B, T), no grad, 0 on padding
+    with torch.no_grad():
+        w = position_weights(mask, p, div.dtype)  # (B, T)
+        z = w * div  # Z_t
+        token_ok = z <= p.delta
+        gate = advantage_gate(adv, log_ratio.detach())
+        if p.ablation == "no_prefix_budget":
+            passed = token_ok
+            budget = None
+        else:
+            s = z.cumsum(dim=1)  # S_t
+            # one-step right shift: S_{t−1}, W_{t−1} (S_0 = W_0 = 0)
+            s_prev = torch.nn.functional.pad(s[:, :-1], (1, 0))
+            w_prev = torch.nn.functional.pad(w.cumsum(dim=1)[:, :-1], (1, 0))
+            budget = p.delta + prefix_delta_b(div, mask, p) * w_prev  # δ + δ_b W_{t−1}
+            passed = token_ok & (z <= budget - s_prev)  # Z_t ≤ min(δ, δ + δ_b W_{t−1} − S_{t−1})
+        ok = gate | passed
+        weight = None
+        if p.mask_mode == "hard":
+            kept = mask & ok
+        else:
+            x = z / p.delta  # violation
+            if budget is not None:
+                x = torch.maximum(x, s / budget)
+            weight = torch.where(ok, 1.0, x.reciprocal().clamp_max(1.0))  # (B, T)
+            kept = mask & (weight > 0)
+        limited = mask & ~ok
+        fails_gate = mask & ~gate
+        extra = {"token_reject_frac": fails_gate & ~token_ok, "prefix_reject_frac": fails_gate & token_ok & ~passed}
+    loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap, weight)
+    metrics = shared_metrics(batch, kept, limited, div, extra_counts=extra)
+    return RuleOutput(loss=loss, kept=kept, metrics=metrics, div=div, limited=limited)

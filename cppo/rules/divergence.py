@@ -1,0 +1,152 @@
+"""Shared per-token divergence estimates D_t between an anchor policy and π (METHODS.md, "Divergence estimates").
+
+Why here and not inside each rule: CPPO, DPPO and TRM compare the same quantities, and their
+diagnostics (`div_mean`, `k3_pi_mu`, ...) must mean the same thing across rules.
+
+- binary TV  D_t = |π(y_t) − μ(y_t)|                        (the {y_t, rest} partition)
+- binary KL  D_t = KL(Bern(μ(y_t)) ‖ Bern(π(y_t)))
+- top-K TV   D_t = ½ [Σ_{i∈S} |μ_i − π_i| + |μ_rest − π_rest|]
+- top-K KL   D_t = Σ_{i∈S} μ_i log(μ_i/π_i) + μ_rest log(μ_rest/π_rest)
+  with S = μ's top-K ids at s_t; if y_t ∉ S it replaces the K-th (smallest) entry.
+- k1, k2, k3: sample estimates of KL(μ‖π) from y ~ μ with log r = log π − log μ:
+  k1 = −log r, k2 = ½ (log r)², k3 = r − 1 − log r  (Schulman's "Approximating KL divergence", 2020).
+
+All divergences are computed without gradient, in float32 or wider ("μ" below is whichever anchor the
+rule uses: the rollout policy μ or π_old).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cppo.rules.types import PolicyBatch, Tensor
+
+DIVERGENCES = ("binary_tv", "binary_kl", "topk_tv", "topk_kl")
+ANCHORS = ("rollout", "old")
+LOG_RATIO_CLAMP = 20.0  # |log ratio| cap before exp, for stability (same value as verl)
+_EPS = 1e-12  # probability floor inside logs of top-K / binary KL
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 inputs, float64 for float64 inputs."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def anchor_logp(batch: PolicyBatch, anchor: str) -> Tensor:
+    """log-probs of the anchor policy: μ (`rollout`) or π_old (`old`)."""
+    if anchor == "rollout":
+        return batch.rollout_logp
+    if anchor == "old":
+        return batch.old_logp
+    raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
+
+
+def masked_log_ratio(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
+    """log π − log ref on response tokens, 0 on padding, clamped to ±20. Keeps the gradient of `logp`."""
+    dt = compute_dtype(logp)
+    lr = logp.to(dt) - ref_logp.to(dt).detach()  # (B, T)
+    # where() before exp: padding may hold inf/nan and must not leak nan into the backward pass
+    return torch.where(mask, lr, torch.zeros((), dtype=dt, device=lr.device)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+
+
+# ---------------------------------------------------------------------------- sample estimators
+def k1(log_r: Tensor) -> Tensor:
+    """k1 = −log r (unbiased, high variance, can be negative)."""
+    return -log_r
+
+
+def k2(log_r: Tensor) -> Tensor:
+    """k2 = ½ (log r)² (biased, low variance)."""
+    return 0.5 * log_r.square()
+
+
+def k3(log_r: Tensor) -> Tensor:
+    """k3 = r − 1 − log r ≥ 0 (unbiased for KL(μ‖π) when y ~ μ, low variance)."""
+    return torch.expm1(log_r) - log_r
+
+
+# ---------------------------------------------------------------------------- binary partitions
+def binary_tv(logp_pi: Tensor, logp_mu: Tensor) -> Tensor:
+    """|π(y_t) − μ(y_t)|: TV distance over the partition {y_t, rest}."""
+    return (logp_pi.exp() - logp_mu.exp()).abs()
+
+
+def binary_kl(logp_pi: Tensor, logp_mu: Tensor) -> Tensor:
+    """KL(Bern(μ(y_t)) ‖ Bern(π(y_t)))."""
+    mu = logp_mu.exp()
+    rest_mu = (-torch.expm1(logp_mu)).clamp_min(_EPS)  # 1 − μ, accurate near μ = 1
+    rest_pi = (-torch.expm1(logp_pi)).clamp_min(_EPS)
+    return (mu * (logp_mu - logp_pi) + rest_mu * (rest_mu.log() - rest_pi.log())).clamp_min(0.0)
+
+
+# ---------------------------------------------------------------------------- top-K partitions
+def _rest_mass(p: Tensor) -> Tensor:
+    """1 − Σ_i p_i over the last axis, floored at 0 (top-K sums can exceed 1 by rounding)."""
+    return (1.0 - p.sum(dim=-1)).clamp_min(0.0)
+
+
+def topk_tv(topk_logp_pi: Tensor, topk_logp_mu: Tensor) -> Tensor:
+    """½ [Σ_{i∈S} |μ_i − π_i| + |μ_rest − π_rest|] from (B, T, K) log-probs at the same ids."""
+    p_pi, p_mu = topk_logp_pi.exp(), topk_logp_mu.exp()  # (B, T, K)
+    return 0.5 * ((p_mu - p_pi).abs().sum(dim=-1) + (_rest_mass(p_mu) - _rest_mass(p_pi)).abs())
+
+
+def topk_kl(topk_logp_pi: Tensor, topk_logp_mu: Tensor) -> Tensor:
+    """Σ_{i∈S} μ_i log(μ_i/π_i) + μ_rest log(μ_rest/π_rest) from (B, T, K) log-probs at the same ids."""
+    p_mu = topk_logp_mu.exp()
+    rest_mu, rest_pi = _rest_mass(p_mu), _rest_mass(topk_logp_pi.exp())
+    head = (p_mu * (topk_logp_mu - topk_logp_pi)).sum(dim=-1)
+    tail = rest_mu * (rest_mu.clamp_min(_EPS).log() - rest_pi.clamp_min(_EPS).log())
+    return (head + tail).clamp_min(0.0)
+
+
+# ---------------------------------------------------------------------------- dispatch
+@torch.no_grad()
+def token_divergence(batch: PolicyBatch, kind: str, anchor: str = "rollout") -> Tensor:
+    """D_t between the anchor policy and π for every token; (B, T), no gradient, zero on padding.
+
+    Args:
+        batch: the policy batch; top-K kinds need `rollout_topk_logp` and `policy_topk_logp` (and
+            `old_topk_logp` for anchor `old`).
+        kind: one of DIVERGENCES.
+        anchor: `rollout` (μ) or `old` (π_old).
+    """
+    if kind not in DIVERGENCES:
+        raise ValueError(f"divergence must be one of {DIVERGENCES}, got {kind!r}")
+    dt = compute_dtype(batch.logp)
+    mask = batch.mask
+    logp_pi = torch.where(mask, batch.logp.detach().to(dt), 0.0)  # (B, T)
+    logp_ref = torch.where(mask, anchor_logp(batch, anchor).to(dt), 0.0)  # (B, T)
+    if kind == "binary_tv":
+        d = binary_tv(logp_pi, logp_ref)
+    elif kind == "binary_kl":
+        d = binary_kl(logp_pi, logp_ref)
+    else:
+        if not batch.has_topk:
+            raise ValueError(f"divergence {kind!r} needs PolicyBatch.rollout_topk_logp and policy_topk_logp "
+                             "(the rule's needs_topk is True: compute log π at μ's top-K ids)")
+        topk_mu = batch.rollout_topk_logp.detach().to(dt)  # (B, T, K)
+        if anchor == "old":
+            if batch.old_topk_logp is None:
+                raise ValueError(f"divergence {kind!r} with anchor 'old' needs PolicyBatch.old_topk_logp")
+            topk_ref = batch.old_topk_logp.detach().to(dt)
+        else:
+            topk_ref = topk_mu
+        topk_pi = batch.policy_topk_logp.detach().to(dt)
+        m3 = mask.unsqueeze(-1)
+        topk_ref = torch.where(m3, topk_ref, 0.0)  # sanitise padding (may hold -inf/nan)
+        topk_pi = torch.where(m3, topk_pi, 0.0)
+        if batch.token_ids is not None and batch.rollout_topk_ids is not None:
+            in_set = (batch.rollout_topk_ids == batch.token_ids.unsqueeze(-1)).any(dim=-1)  # (B, T)
+        else:
+            # y_t ∈ top-K(μ) iff μ(y_t) ≥ the K-th largest μ (ties resolved as "in the set")
+            rollout = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
+            in_set = rollout >= torch.where(m3, topk_mu, 0.0).amin(dim=-1) - 1e-6
+        # the replaced slot is chosen by μ's ranking, whichever policy is the anchor
+        kth_key = torch.where(m3, topk_mu, 0.0)
+        k = kth_key.shape[-1]
+        slot = (torch.arange(k, device=kth_key.device) == kth_key.argmin(-1, keepdim=True)) & ~in_set.unsqueeze(-1)
+        topk_ref = torch.where(slot, logp_ref.unsqueeze(-1), topk_ref)
+        topk_pi = torch.where(slot, logp_pi.unsqueeze(-1), topk_pi)
+        d = topk_tv(topk_pi, topk_ref) if kind == "topk_tv" else topk_kl(topk_pi, topk_ref)
+    return torch.where(mask, d, 0.0)
