@@ -29,12 +29,11 @@ Design decisions:
   the loop stops early once every row has finished (checked every `check_every` steps so the host
   does not wait on the device after each token).
 
-Log-probs: the recorded log mu(y_t) is that of the distribution the token was drawn from,
-`log_softmax(logits / temperature)` (greedy, temperature 0: of the untempered logits), restricted and
-renormalised to the top-p nucleus when top_p < 1 (tokens outside it get -inf). With temperature 1
-and top_p 1 this is the model's own log-softmax. mu's top-K ids/log-probs come from the same
-distribution. This is the same convention as the plain `hf` engine and the vLLM engine
-(`logprobs_mode="processed_logprobs"`).
+Log-probs (the convention of the plain `hf` engine, see `cppo.train.rollout`): log mu(y_t) =
+log_softmax(logits / temperature), after the temperature and before top-p truncation (tokens are drawn
+from the truncated, renormalised distribution); greedy decoding (temperature 0) records the untempered
+log-softmax. At temperature 1 and top_p 1 this is the model's own distribution. mu's top-K ids/log-probs
+come from the same log-probs.
 """
 
 from __future__ import annotations
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from cppo.train.rollout import RolloutBatch, left_pad, register_engine
 
 # rope variants whose frequencies depend on the sequence length (data-dependent, not capturable)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -53,33 +54,30 @@ _DYNAMIC_ROPE = ("dynamic", "longrope")
 # ----------------------------------------------------------------------------------------------
 
 
-def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Log-probs of the distribution tokens are drawn from.
-
-    Args:
-        logits: (B, V) raw next-token logits.
-        temperature: > 0 divides the logits; 0 means greedy (the untempered distribution is returned).
-        top_p: nucleus mass in (0, 1]; tokens outside the smallest set of mass >= top_p get -inf and the
-            rest is renormalised.
-    Returns:
-        (B, V) float32 log-probs.
-    """
+def recorded_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log mu over the vocabulary, (B, V) float32: log_softmax(logits / temperature) (temperature 0: of logits)."""
     logits = logits.float()
-    if temperature > 0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)  # (B, V)
-    if temperature > 0 and top_p < 1.0:
-        sorted_logp, order = logp.sort(dim=-1, descending=True)  # (B, V)
-        mass_before = sorted_logp.exp().cumsum(dim=-1) - sorted_logp.exp()  # exclusive cumsum
-        drop_sorted = mass_before >= top_p  # the top token always stays (mass_before = 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logp = logp.masked_fill(drop, float("-inf"))
-        logp = logp - torch.logsumexp(logp, dim=-1, keepdim=True)
-    return logp
+    return torch.log_softmax(logits / temperature if temperature > 0 else logits, dim=-1)
+
+
+def nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Restrict log-probs (B, V) to the top-p nucleus and renormalise; the rest gets -inf.
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches top_p: a token is dropped
+    when the mass strictly before it (in descending order) already reaches top_p, so the top token stays.
+    """
+    if top_p >= 1.0:
+        return logp
+    sorted_logp, order = logp.sort(dim=-1, descending=True)  # (B, V)
+    p = sorted_logp.exp()
+    drop_sorted = (p.cumsum(dim=-1) - p) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    kept = logp.masked_fill(drop, float("-inf"))
+    return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
 
 
 def draw(logp: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
-    """Draw one token per row from exp(logp); argmax when temperature is 0.
+    """Draw one token per row from exp(logp) (already tempered/truncated); argmax when temperature is 0.
 
     Uses the exponential race (argmax_i p_i / E_i with E_i ~ Exp(1), equivalent to Gumbel-max), which is
     one elementwise pass plus an argmax and consumes a fixed amount of randomness per step.
@@ -242,6 +240,7 @@ class DecodeOutput:
     """What one decode call produced, (B, N) with N <= max_new_tokens (trimmed to the longest row)."""
 
     tokens: torch.LongTensor  # (B, N) generated ids, pad after EOS
+    finished: torch.BoolTensor  # (B,) the row ended with an EOS token
     mask: torch.BoolTensor  # (B, N) True on generated tokens incl. EOS
     logp: torch.Tensor  # (B, N) float32 log mu(y_t)
     topk_ids: torch.LongTensor | None  # (B, N, K)
@@ -347,8 +346,11 @@ class FastDecoder:
         finished = torch.zeros(B, dtype=torch.bool, device=dev)
         steps = N
         for t in range(N):
-            logp_all = sampling_logprobs(logits, temperature, top_p)  # (B, V)
-            tok = forced_tokens[:, t].to(dev) if forced_tokens is not None else draw(logp_all, temperature, gen)
+            logp_all = recorded_logprobs(logits, temperature)  # (B, V) log mu
+            if forced_tokens is not None:
+                tok = forced_tokens[:, t].to(dev)
+            else:
+                tok = draw(nucleus(logp_all, top_p) if temperature > 0 else logp_all, temperature, gen)
             live = ~finished
             tokens[:, t] = torch.where(live, tok, pad_id)
             out_mask[:, t] = live
@@ -367,6 +369,7 @@ class FastDecoder:
         T = max(int(out_mask[:, :steps].sum(dim=1).max()), 1)
         return DecodeOutput(
             tokens=tokens[:, :T],
+            finished=finished,
             mask=out_mask[:, :T],
             logp=out_logp[:, :T],
             topk_ids=k_ids[:, :T] if topk else None,
@@ -377,19 +380,6 @@ class FastDecoder:
 # ----------------------------------------------------------------------------------------------
 # the rollout engine (INTERFACES.md section 6)
 # ----------------------------------------------------------------------------------------------
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.LongTensor, torch.BoolTensor]:
-    """Left-pad token lists to (B, P) ids and a (B, P) bool mask."""
-    if not seqs or any(len(s) == 0 for s in seqs):
-        raise ValueError("every prompt must encode to at least one token")
-    P = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), P), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(seqs), P, dtype=torch.bool)
-    for b, s in enumerate(seqs):
-        ids[b, P - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[b, P - len(s):] = True
-    return ids, mask
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
@@ -409,36 +399,38 @@ class FastHFEngine:
     Same `generate`/`sync_weights` interface and the same `RolloutBatch` as the plain `hf` engine.
 
     Args:
-        model, tokenizer: the trainer's model (used in place: weights updated by the optimizer are seen by
-            the next rollout, also by a captured CUDA graph since parameters are updated in place).
+        model, tokenizer: the trainer's model. By default it is used in place: weights updated by the
+            optimizer are seen by the next rollout, also by a captured CUDA graph, since parameters are
+            updated in place.
+        copy_model: keep a private copy, updated by `sync_weights` (needed for stale rollouts).
+        rollout_dtype: e.g. "bfloat16": roll out from a private copy in that dtype (mu then differs from
+            pi_old by precision, as with a separate inference engine). Implies a copy.
         cuda_graph, bucket, check_every: see `FastDecoder`.
-        rollout_dtype: e.g. "bfloat16" to roll out from a copy of the model in that dtype (mu then differs
-            from pi_old by precision, as with a separate inference engine); None = the model itself.
     """
 
     name = "hf_fast"
 
-    def __init__(self, model, tokenizer, cuda_graph: bool | None = None, bucket: int = 64,
-                 check_every: int = 8, rollout_dtype: str | None = None):
+    def __init__(self, model, tokenizer, copy_model: bool = False, rollout_dtype: str | None = None,
+                 cuda_graph: bool | None = None, bucket: int = 64, check_every: int = 8):
         self.tokenizer = tokenizer
-        self.rollout_dtype = getattr(torch, rollout_dtype) if isinstance(rollout_dtype, str) else rollout_dtype
+        dtype = getattr(torch, rollout_dtype) if isinstance(rollout_dtype, str) else rollout_dtype
         self.model = model
-        if self.rollout_dtype is not None:
+        if copy_model or dtype is not None:
             import copy
 
-            self.model = copy.deepcopy(model).to(self.rollout_dtype).eval()
+            self.model = copy.deepcopy(model).eval()
+            if dtype is not None:
+                self.model = self.model.to(dtype)
         self.decoder = FastDecoder(self.model, cuda_graph=cuda_graph, bucket=bucket, check_every=check_every)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
         self.eos_ids = eos_ids_of(model, tokenizer)
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
-        return [list(self.tokenizer(p)["input_ids"]) for p in prompts]
+        return [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, top_p: float,
                  topk: int | None, generator: torch.Generator | None):
-        from cppo.train.rollout import RolloutBatch
-
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         prompt_ids = [ids for ids in self.encode(prompts) for _ in range(n)]  # each prompt n times, grouped
@@ -460,14 +452,18 @@ class FastHFEngine:
             topk_ids=out.topk_ids,
             topk_logp=out.topk_logp,
             texts=texts,
+            finished=out.finished,
         )
 
     @torch.no_grad()
-    def sync_weights(self, model) -> None:
-        """Make the rollout model equal to `model`: a no-op when it is `model` itself, else an in-place copy
-        (in place so that a captured CUDA graph keeps pointing at the right memory)."""
-        if model is self.model:
+    def sync_weights(self, model_or_state) -> None:
+        """Load weights from a model or a state dict: a no-op when the engine uses the trainer's model
+        itself, else an in-place copy (in place, so that a captured CUDA graph keeps pointing at them)."""
+        if model_or_state is self.model:
             return
-        src = model.state_dict()
+        src = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
         for name, p in self.model.state_dict().items():
             p.copy_(src[name])
+
+
+register_engine("hf_fast", FastHFEngine)
