@@ -1,0 +1,164 @@
+"""Contract suite run over every registered rule (and the non-default options of each).
+
+Properties (Contract 1): padding does not change results; tokens not kept and padding get exactly zero
+gradient; permuting the batch permutes the output; float32 agrees with float64; with π = μ = π_old every
+rule gives the plain policy gradient −Â ∇log π.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cppo.rules import PolicyBatch, get_rule, list_rules
+from cppo.rules.diagnostics import ALL_METRIC_NAMES, METRIC_NAMES
+from cppo.rules.testing import random_batch
+
+BUILTIN = ["pg_is", "ppo_clip", "dppo", "trm_max", "trm_avg", "cispo", "gspo", "minpro", "cppo"]
+
+# defaults, with thresholds loosened where the default would drop (or keep) every random token, so the
+# zero-gradient checks see both kept and dropped tokens
+BASE_PARAMS = {"trm_max": {"delta": 0.3}, "trm_avg": {"delta": 0.09}, "gspo": {"eps_low": 0.05, "eps_high": 0.05}}
+VARIANTS = [(name, BASE_PARAMS.get(name, {})) for name in BUILTIN] + [
+    ("pg_is", {"trunc_cap": 1.5}),
+    ("ppo_clip", {"eps_high": 0.28, "dual_clip": 3.0, "anchor": "rollout"}),
+    ("dppo", {"divergence": "binary_tv", "anchor": "old", "delta_low": 0.05, "delta_high": 0.1}),
+    ("dppo", {"divergence": "binary_kl", "delta": 0.05, "trunc_cap": None}),
+    ("dppo", {"divergence": "topk_kl", "delta": 0.1}),
+    ("trm_max", {"kl": "topk", "delta": 0.3, "trunc_cap": 5.0}),
+    ("cispo", {"eps_low": 0.3, "anchor": "old"}),
+    ("minpro", {"clip": "hard"}),
+    ("cppo", {"mask_mode": "soft"}),
+    ("cppo", {"divergence": "binary_tv", "delta_b_mode": "fixed", "trunc_cap": None, "delta": 0.05}),
+    ("cppo", {"divergence": "binary_kl", "anchor": "old", "delta": 0.1, "delta_b": 0.002}),
+    ("cppo", {"divergence": "topk_tv", "anchor": "old"}),
+    ("cppo", {"horizon": "max", "max_horizon": 40}),
+    ("cppo", {"ablation": "no_position_weight"}),
+    ("cppo", {"ablation": "no_prefix_budget"}),
+]
+IDS = [f"{n}-" + ",".join(f"{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
+ALWAYS_KEEP = {"pg_is", "cispo"}  # rules that never drop a token (minpro soft as well)
+
+
+def _run(name, params, batch):
+    out = get_rule(name, **params)(batch)
+    return out
+
+
+def test_registry_lists_every_builtin():
+    assert list_rules()[: len(BUILTIN)] == BUILTIN
+
+
+def _pad_right(batch: PolicyBatch, extra: int) -> PolicyBatch:
+    """Append `extra` padded columns full of garbage."""
+
+    def pad(t):
+        if t.dim() == 2:
+            fill = False if t.dtype == torch.bool else (7 if not t.is_floating_point() else float("nan"))
+            cols = torch.full((t.shape[0], extra), fill, dtype=t.dtype)
+        else:
+            fill = 3 if not t.is_floating_point() else float("nan")
+            cols = torch.full((t.shape[0], extra, t.shape[2]), fill, dtype=t.dtype)
+        return torch.cat([t.detach(), cols], dim=1)
+
+    out = batch.map(pad)
+    out.logp.requires_grad_(True)
+    return out
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_output_shapes_metrics_and_zero_grad(name, params):
+    batch = random_batch(B=8, T=16, seed=1)
+    out = _run(name, params, batch)
+    assert out.loss.shape == batch.mask.shape and out.kept.shape == batch.mask.shape
+    assert out.kept.dtype == torch.bool
+    assert not (out.kept & ~batch.mask).any(), "padding must never be kept"
+    assert torch.isfinite(out.loss).all()
+    assert set(METRIC_NAMES) <= set(out.metrics) <= set(ALL_METRIC_NAMES)
+    assert "entropy" in out.metrics and all(math.isfinite(v) for v in out.metrics.values())
+    out.loss.sum().backward()
+    grad = batch.logp.grad
+    assert torch.isfinite(grad).all()
+    assert (grad[~out.kept] == 0).all(), "tokens not kept (and padding) must get exactly zero gradient"
+    assert (out.loss[~out.kept] == 0).all()
+    live = out.kept & (batch.advantages != 0) & batch.mask
+    assert live.any() and (grad[live] != 0).all(), "kept tokens with Â ≠ 0 must get a gradient"
+    if name not in ALWAYS_KEEP and not (name == "minpro" and params.get("clip", "soft") == "soft") \
+            and params.get("mask_mode") != "soft":
+        assert (batch.mask & ~out.kept).any(), "test data should make this rule drop some tokens"
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_padding_invariance(name, params):
+    if params.get("horizon") == "max" and params.get("max_horizon") is None:
+        pytest.skip("horizon=max without max_horizon depends on the padded width by definition")
+    right = random_batch(B=7, T=13, seed=2, padding="right")
+    wide = _pad_right(right, 5)
+    a, b = _run(name, params, right), _run(name, params, wide)
+    torch.testing.assert_close(b.loss[:, :13], a.loss, rtol=1e-6, atol=1e-7)
+    assert torch.equal(b.kept[:, :13], a.kept) and not b.kept[:, 13:].any()
+    assert (b.loss[:, 13:] == 0).all()
+    for k in a.metrics:
+        assert b.metrics[k] == pytest.approx(a.metrics[k], rel=1e-5, abs=1e-7), k
+    # left padding: the same responses shifted to the end of each row
+    shift = (~right.mask).sum(1)
+
+    def to_left(t):
+        t = t.detach()
+        return torch.stack([torch.roll(t[i], int(shift[i]), dims=0) for i in range(t.shape[0])])
+
+    left = right.map(to_left)
+    left.logp.requires_grad_(True)
+    c = _run(name, params, left)
+    torch.testing.assert_close(to_left(a.loss), c.loss, rtol=1e-6, atol=1e-7)
+    assert torch.equal(to_left(a.kept), c.kept)
+    for k in a.metrics:
+        assert c.metrics[k] == pytest.approx(a.metrics[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_batch_permutation_equivariance(name, params):
+    batch = random_batch(B=9, T=11, seed=3)
+    perm = torch.randperm(9, generator=torch.Generator().manual_seed(0))
+    permuted = batch.map(lambda t: t.detach()[perm])
+    permuted.logp.requires_grad_(True)
+    a, b = _run(name, params, batch), _run(name, params, permuted)
+    torch.testing.assert_close(b.loss, a.loss[perm], rtol=1e-6, atol=1e-7)
+    assert torch.equal(b.kept, a.kept[perm])
+    for k in a.metrics:
+        assert b.metrics[k] == pytest.approx(a.metrics[k], rel=1e-5, abs=1e-7), k
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_float32_matches_float64(name, params):
+    b64 = random_batch(B=8, T=14, seed=4, dtype=torch.float64)
+    b32 = b64.map(lambda t: t.detach().float() if t.is_floating_point() else t)
+    b32.logp.requires_grad_(True)
+    a, b = _run(name, params, b64), _run(name, params, b32)
+    assert a.loss.dtype == torch.float64 and b.loss.dtype == torch.float32
+    assert torch.equal(a.kept, b.kept)
+    torch.testing.assert_close(b.loss.double(), a.loss, rtol=1e-4, atol=1e-5)
+    a.loss.sum().backward()
+    b.loss.sum().backward()
+    torch.testing.assert_close(b32.logp.grad.double(), b64.logp.grad, rtol=1e-4, atol=1e-5)
+    for k in a.metrics:
+        assert b.metrics[k] == pytest.approx(a.metrics[k], rel=1e-3, abs=1e-5), k
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_on_policy_gives_plain_policy_gradient(name, params):
+    batch = random_batch(B=6, T=10, seed=5)
+    lp = batch.logp.detach()
+    on = PolicyBatch(logp=lp.clone().requires_grad_(True), old_logp=lp.clone(), rollout_logp=lp.clone(),
+                     advantages=batch.advantages, mask=batch.mask, rollout_topk_ids=batch.rollout_topk_ids,
+                     rollout_topk_logp=batch.rollout_topk_logp, policy_topk_logp=batch.rollout_topk_logp.clone(),
+                     old_topk_logp=batch.rollout_topk_logp.clone(), token_ids=batch.token_ids)
+    out = _run(name, params, on)
+    assert torch.equal(out.kept, batch.mask), "with π = μ = π_old nothing is masked"
+    out.loss.sum().backward()
+    adv = torch.where(batch.mask, batch.advantages, 0.0)
+    torch.testing.assert_close(on.logp.grad, -adv, rtol=1e-6, atol=1e-7)
+    assert out.metrics["masked_frac"] == 0.0 and out.metrics["div_max"] == pytest.approx(0.0, abs=1e-6)
+    assert out.metrics["ess"] == pytest.approx(1.0) and out.metrics["ratio_max"] == pytest.approx(1.0)
