@@ -1,0 +1,140 @@
+"""`cppo report CONFIG [--out results/<profile>]`: table, curves, position profiles and summary.
+
+Reads the profile's MLflow experiment (run folders as fallback), then writes into the output
+folder: `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
+collapsed seeds; published numbers beside ours when `report.published` is set), `figures/`
+(stability curves and per-position profiles, PNG + SVG), `summary.md`, and `config.yaml` (the
+config the report was made from).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="profile YAML (e.g. config/tiny.yaml)")
+    parser.add_argument("--out", default=None, help="output folder (default results/<profile>)")
+    parser.add_argument("--results-root", default="results", help="root of <profile>/runs (default results)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted, value parsed as YAML); repeatable")
+    parser.add_argument("--no-mlflow", action="store_true", help="read the run folders only")
+    parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default report.bootstrap)")
+
+
+DEFAULT_CURVES = {
+    "reward (rollout mean)": "rollout/reward_mean",
+    "test accuracy, greedy ({split})": "eval/{split}/greedy_acc",
+    "entropy of π": "rule/entropy",
+    "masked fraction": "rule/masked_frac",
+    "mean divergence D_t": "rule/div_mean",
+    "gradient norm (pre-clip)": "train/grad_norm",
+}
+
+
+def report_settings(cfg: dict) -> dict:
+    """Resolved `report:` options with defaults derived from the task."""
+    rep = dict(cfg.get("report") or {})
+    task = cfg.get("task") or {}
+    rl = cfg.get("rl") or {}
+    if task.get("name", "chain") == "chain":
+        split = (rl.get("eval_splits") or ["chain_id"])[0]
+    else:
+        split = (task.get("test_files") or ["math500"])[0]
+    curves = rep.get("curves") or {k.format(split=split): v.format(split=split) for k, v in DEFAULT_CURVES.items()}
+    return {
+        "curves": curves,
+        "collapse_metric": rep.get("collapse_metric") or f"eval/{split}/greedy_acc",
+        "collapse_frac": float(rep.get("collapse_frac", 0.5)),
+        "bootstrap": int(rep.get("bootstrap", 10_000)),
+        "published": rep.get("published"),
+        "published_model": rep.get("published_model") or {},
+        "best_within_steps": bool(rep.get("best_within_steps", False)),
+    }
+
+
+def main(args) -> int:
+    import json
+    import shutil
+    import sys
+    import time
+    from pathlib import Path
+
+    import yaml
+
+    from cppo import tracking
+    from cppo.report import plots
+    from cppo.report.collect import collect, headline_metric
+    from cppo.report.grid import cells as grid_cells, load_config, settings_of
+    from cppo.report.summary import write_summary
+    from cppo.report.tables import attach_published, cell_stats, load_published, markdown, write_csv
+
+    try:
+        cfg = load_config(args.config, args.sets)
+        cells = grid_cells(cfg)
+    except ValueError as err:
+        print(f"cppo report: {err}", file=sys.stderr)
+        return 2
+    profile = cfg["profile"]
+    out = Path(args.out or f"{args.results_root}/{profile}")
+    out.mkdir(parents=True, exist_ok=True)
+    rs = report_settings(cfg)
+    if args.bootstrap:
+        rs["bootstrap"] = args.bootstrap
+    metric = headline_metric(cfg)
+    benchmarks = [str(b) for b in (cfg.get("eval") or {}).get("benchmarks") or []]
+    methods = [str(m) for m in cfg["grid"]["methods"]]
+    scales = [str(s) for s in cfg["grid"]["scales"]]
+    settings = settings_of(cfg)
+
+    keys = set(rs["curves"].values()) | {rs["collapse_metric"], "rule/masked_frac", "rule/div_mean",
+                                          "rule/ratio_max", "train/grad_norm", "rule/prefix_reject_frac",
+                                          "rule/token_reject_frac"}
+    if rs["best_within_steps"]:
+        keys |= {f"eval/{b}/{metric}" for b in benchmarks}
+    records = collect(cfg, cells, keys, root=args.results_root, use_mlflow=not args.no_mlflow)
+    src = {s: sum(r.source == s for r in records) for s in ("mlflow", "files", "missing")}
+    print(f"cppo report: {len(records)} runs ({src['mlflow']} from MLflow, {src['files']} from run folders, "
+          f"{src['missing']} missing)")
+
+    stats = cell_stats(records, benchmarks, metric, rs["collapse_metric"], rs["collapse_frac"],
+                       n_boot=rs["bootstrap"], best=rs["best_within_steps"])
+    if rs["published"]:
+        pub_path = Path(rs["published"])
+        if not pub_path.is_file():
+            pub_path = Path(tracking.REPO) / rs["published"]
+        attach_published(stats, load_published(pub_path), rs["published_model"])
+    write_csv(stats, out / "table.csv")
+    pct = all(0.0 <= v <= 1.0 for s in stats for v in s.values)
+    table = markdown(stats, benchmarks, metric, methods, scales, settings, pct=pct)
+    (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n{table}\n"
+                                  f"Collapsed: seeds whose final `{rs['collapse_metric']}` fell below "
+                                  f"{rs['collapse_frac']:g} × its step-0 value.\n")
+
+    fig_dir = out / "figures"
+    if fig_dir.exists():
+        shutil.rmtree(fig_dir)  # no stale figures of methods/scales no longer in the grid
+    fig_dir.mkdir(parents=True)
+    figures = []
+    for scale in scales:
+        for setting in settings:
+            figures += [p.name for p in plots.stability_figure(records, rs["curves"], methods, scale, setting,
+                                                               fig_dir, n_boot=1000) if p.suffix == ".png"]
+            figures += [p.name for p in plots.position_figure(records, methods, scale, setting, fig_dir,
+                                                              n_boot=1000) if p.suffix == ".png"]
+
+    wall_s = None
+    marker = Path(args.results_root) / profile / "runs" / "_mlflow_parents.json"
+    if marker.is_file():
+        started = json.loads(marker.read_text()).get("started_at")
+        if isinstance(started, (int, float)):
+            wall_s = time.time() - started
+    text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
+                         collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
+                         methods=methods, scales=scales, settings=settings, wall_s=wall_s,
+                         provenance=tracking.provenance(), figures=figures)
+    (out / "summary.md").write_text(text)
+    with open(out / "config.yaml", "w") as fh:
+        yaml.safe_dump(cfg, fh, sort_keys=False)
+    print(f"cppo report: wrote {out}/table.md, table.csv, summary.md, config.yaml and {len(figures)} figures")
+    return 0

@@ -1,0 +1,135 @@
+"""Figures: stability curves across seeds and per-position profiles (the paper's Figure 2).
+
+- `stability_figure`: one figure per (scale, setting); one panel per curve (reward, test accuracy,
+  entropy, masked fraction, mean divergence, gradient norm); per method the mean over seeds with a
+  95% bootstrap band (thin lines: the individual seeds, so a single collapsing seed stays visible).
+- `position_figure`: one figure per (scale, setting); mean D_t and masked fraction by relative
+  response position bucket, per method, mean over seeds with the band.
+Both are written as PNG (for the HTML report and the README) and SVG (for papers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cppo.report.collect import RunRecord
+from cppo.report.stats import bootstrap_band
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colors(methods: list[str]) -> dict[str, tuple]:
+    plt = _plt()
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    return {m: cmap(i % cmap.N) for i, m in enumerate(methods)}
+
+
+def _matrix(histories: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds' histories -> (steps (N,), values (S, N)) on the union of steps, nan where missing."""
+    steps = sorted({s for h in histories for s, _ in h})
+    col = {s: i for i, s in enumerate(steps)}
+    m = np.full((len(histories), len(steps)), np.nan)
+    for i, h in enumerate(histories):
+        for s, v in h:
+            m[i, col[s]] = v
+    return np.asarray(steps), m
+
+
+def _save(fig, out: Path, stem: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.png", out / f"{stem}.svg"]
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    _plt().close(fig)
+    return paths
+
+
+def stability_figure(records: list[RunRecord], curves: dict[str, str], methods: list[str], scale: str,
+                     setting: str, out: Path, n_boot: int = 1000) -> list[Path]:
+    """Curves of one (scale, setting): panels = `curves` (title -> metric key), lines = methods."""
+    plt = _plt()
+    recs = [r for r in records if r.cell.scale == scale and r.cell.setting == setting]
+    colors = _colors(methods)
+    ncol = 3
+    nrow = -(-len(curves) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.2 * nrow), squeeze=False)
+    for ax, (title, key) in zip(axes.flat, curves.items()):
+        drawn = False
+        for m in methods:
+            hs = [r.histories.get(key) or [] for r in recs if r.cell.method == m]
+            hs = [h for h in hs if h]
+            if not hs:
+                continue
+            steps, mat = _matrix(hs)
+            mean, lo, hi = bootstrap_band(mat, n_boot=n_boot)
+            for row in mat:
+                ok = np.isfinite(row)
+                ax.plot(steps[ok], row[ok], color=colors[m], alpha=0.25, lw=0.7)
+            ok = np.isfinite(mean)
+            ax.plot(steps[ok], mean[ok], color=colors[m], lw=1.8, label=f"{m} (n={len(hs)})",
+                    marker="o" if ok.sum() <= 12 else None, ms=3)
+            band = np.isfinite(lo) & np.isfinite(hi)
+            ax.fill_between(steps[band], lo[band], hi[band], color=colors[m], alpha=0.18, lw=0)
+            drawn = True
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("rollout step", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if key.startswith("train/grad_norm") or key.startswith("rule/div") or key.startswith("rule/masked"):
+            if drawn and all(v > 0 for r in recs for _, v in (r.histories.get(key) or []) if np.isfinite(v)):
+                ax.set_yscale("log")
+        if not drawn:
+            ax.text(0.5, 0.5, f"no data\n({key})", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+    for ax in list(axes.flat)[len(curves):]:
+        ax.axis("off")
+    handles, labels = next(((h, lab) for h, lab in (a.get_legend_handles_labels() for a in axes.flat) if h), ([], []))
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), fontsize=8,
+                   bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"Stability across seeds: scale {scale}, setting {setting} (mean, 95% bootstrap band; thin: seeds)",
+                 fontsize=11)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.97))
+    return _save(fig, out, f"curves_scale-{scale}_setting-{setting}")
+
+
+def position_figure(records: list[RunRecord], methods: list[str], scale: str, setting: str, out: Path,
+                    n_boot: int = 1000) -> list[Path]:
+    """Mean D_t and masked fraction by response-position bucket, per method (Figure 2 style)."""
+    plt = _plt()
+    recs = [r for r in records if r.cell.scale == scale and r.cell.setting == setting and r.position_profile]
+    colors = _colors(methods)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, key, title in ((axes[0], "div_mean", "mean divergence D_t"),
+                           (axes[1], "masked_frac", "masked fraction (eligible tokens)")):
+        for m in methods:
+            profs = [r.position_profile[key] for r in recs if r.cell.method == m and key in r.position_profile]
+            if not profs:
+                continue
+            width = max(len(p) for p in profs)
+            mat = np.full((len(profs), width), np.nan)
+            for i, p in enumerate(profs):
+                mat[i, :len(p)] = p
+            mean, lo, hi = bootstrap_band(mat, n_boot=n_boot)
+            x = (np.arange(width) + 0.5) / width  # bucket centres, relative position in the response
+            ax.plot(x, mean, color=colors[m], marker="o", ms=3, lw=1.6, label=m)
+            band = np.isfinite(lo) & np.isfinite(hi)
+            ax.fill_between(x[band], lo[band], hi[band], color=colors[m], alpha=0.18, lw=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("relative position in the response", fontsize=8)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    h, lab = axes[0].get_legend_handles_labels()
+    if h:
+        axes[1].legend(h, lab, fontsize=8)
+    fig.suptitle(f"Per-position profile: scale {scale}, setting {setting} (mean over seeds, whole run)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out, f"position_scale-{scale}_setting-{setting}")

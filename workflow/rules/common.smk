@@ -1,0 +1,126 @@
+# Shared set-up: the effective config, its validation, the grid, paths and the `cppo` command.
+
+import copy
+import hashlib
+import json
+import shlex
+import sys
+import time
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
+from config_check import ConfigError, check_config  # noqa: E402
+
+from cppo.report.grid import cells as _grid_cells  # noqa: E402
+
+
+# --- the effective config ------------------------------------------------------------------------
+# Snakemake merges a command-line --configfile *into* the Snakefile's default; for profiles that is
+# wrong (paper.yaml would inherit tiny's scales and methods), so a command-line file replaces it.
+_cli_files = [str(p) for p in workflow.overwrite_configfiles]
+if _cli_files:
+    config.clear()
+    config.update(copy.deepcopy(dict(workflow.config_settings.overwrite_config)))
+
+try:
+    check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    CELLS = _grid_cells(config)
+except (ConfigError, ValueError) as err:
+    raise WorkflowError(f"invalid config: {err}")
+
+PROFILE = config["profile"]
+RESULTS = f"results/{PROFILE}"
+
+
+def _effective_config_path():
+    """The file every `cppo` command reads: the profile file itself when it was used unchanged,
+    else a written copy of the merged config (several --configfile, or --config overrides)."""
+    if _cli_files and len(_cli_files) == 1 and not workflow.config_settings.config:
+        return os.path.abspath(_cli_files[0])
+    if not _cli_files and not workflow.config_settings.config:
+        return os.path.join(workflow.basedir, "config", "tiny.yaml")
+    path = os.path.abspath(f"{RESULTS}/config.effective.yaml")
+    text = yaml.safe_dump(dict(config), sort_keys=False)
+    if not os.path.exists(path) or open(path).read() != text:  # keep the mtime when unchanged
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as fh:
+            fh.write(text)
+    return path
+
+
+CONFIG = _effective_config_path()
+
+# --- environment every job inherits ----------------------------------------------------------------
+os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.abspath("results/mlflow.db"))
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if not any(isinstance(s, dict) and "hub" in s for s in config["scales"].values()):
+    # Every model of this profile is built locally: never touch the network.
+    for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        os.environ.setdefault(_var, "1")
+
+_exe_dir = os.path.dirname(sys.executable)
+CPPO = shlex.quote(os.path.join(_exe_dir, "cppo")) if os.path.exists(os.path.join(_exe_dir, "cppo")) \
+    else f"{shlex.quote(sys.executable)} -m cppo.cli"
+PYTHON = shlex.quote(sys.executable)
+SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
+
+# If the MLflow store was deleted, the parents must be created again.
+_db = os.environ["MLFLOW_TRACKING_URI"]
+if _db.startswith("sqlite:///") and not os.path.exists(_db[len("sqlite:///"):]):
+    if os.path.exists(f"{RESULTS}/runs/_mlflow_parents.json"):
+        os.remove(f"{RESULTS}/runs/_mlflow_parents.json")
+
+
+wildcard_constraints:
+    setting=r"[^/~]+",
+    method=r"[^/~]+",
+    scale=r"[^/~]+",
+    seed=r"\d+",
+    benchmark=r"[^/~]+",
+
+
+# --- paths -----------------------------------------------------------------------------------------
+RUN = RESULTS + "/runs/setting~{setting}/method~{method}/scale~{scale}/seed~{seed}"
+RUN_LOG = RESULTS + "/runs/_logs/{kind}/setting~{setting}/method~{method}/scale~{scale}/seed~{seed}"
+MLFLOW_MARKER = RESULTS + "/runs/_mlflow_parents.json"
+
+
+def is_hub(scale):
+    """A scale given by a hub name (paper profile) has no locally trained base checkpoint."""
+    return "hub" in (config["scales"][scale] or {})
+
+
+def base_dir(scale):
+    return f"{RESULTS}/base/scale~{scale}"
+
+
+def base_marker(scale):
+    return f"{base_dir(scale)}/sft_metrics.json"
+
+
+def run_path(c):
+    return RUN.format(setting=c.setting, method=c.method, scale=c.scale, seed=c.seed)
+
+
+def digest(*parts):
+    """A short hash of the config sections a job depends on (a `params:` rerun trigger)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def run_digest(wc):
+    return digest(config.get("backend"), config.get("task"), config["scales"][wc.scale], config.get("sft"),
+                  config.get("rl"), (config.get("settings") or {}).get(wc.setting),
+                  config["methods"][wc.method], int(wc.seed))
+
+
+def benchmarks():
+    return [str(b) for b in (config.get("eval") or {}).get("benchmarks") or []]
+
+
+def report_outputs():
+    return [f"{RESULTS}/table.md", f"{RESULTS}/table.csv", f"{RESULTS}/summary.md",
+            f"{RESULTS}/figures"]
