@@ -1,0 +1,420 @@
+"""Answer checking for math benchmarks: the last ``\\boxed{}`` of a response against the gold answer.
+
+What: ``is_correct(response, answer)`` extracts the content of the *last* ``\\boxed{...}`` (or
+``\\fbox{...}``) of the response, the convention of MATH, Minerva and the CPPO paper's evaluation,
+and compares it with the gold answer through math-verify (symbolic and numeric equivalence:
+``0.5`` = ``\\frac{1}{2}``, ``\\sqrt{18}`` = ``3\\sqrt{2}``, sets, intervals, matrices).
+
+Design decisions:
+  * No ``\\boxed{}`` in the response means wrong. Every prompt template asks for one, and falling
+    back to "the last number" would credit a model for text it did not commit to.
+  * Gold and prediction go through the same normalisation (``_to_latex``) and are parsed as
+    ``\\boxed{<text>}``: a bare LaTeX gold parses to nothing in math-verify unless it sits in a math
+    environment. The normalisation also rewrites the plain-text number forms some golds use
+    (Minerva: ``4.5e33``, ``-1./3``, ``np.arcsin(10/13)``), which LaTeX would otherwise read as
+    ``4.5·e·33``.
+  * Numeric tolerance is opt-in per benchmark (``rel_tol``): when both sides evaluate to real
+    numbers, ``|pred - gold| <= rel_tol·|gold|`` also counts as correct (Minerva's physics answers
+    are given to 2-3 significant figures). ``rel_tol = 0`` leaves math-verify's own comparison.
+  * Time limits. math-verify bounds parsing and comparison with ``signal.alarm``, which only works
+    in the main thread. ``is_correct`` uses it there and turns it off elsewhere (the caller must
+    then bound the time itself). ``score_many`` is the safe bulk entry point: it scores in worker
+    processes (each in its own main thread, so math-verify's alarms work) and kills any worker
+    that exceeds a hard per-answer limit; that answer is scored wrong. A cheap structural guard
+    (length, nesting depth) rejects obviously hostile answers before math-verify sees them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+
+# math-verify logs every timeout with the whole (possibly megabyte-long) input: keep it quiet.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+DEFAULT_TIMEOUT_S = 5
+"""Per-answer limit (seconds) for math-verify's own parse/compare alarms."""
+
+MAX_ANSWER_CHARS = 1000
+"""Longer extracted answers are scored wrong without parsing (the longest gold is ~210 chars)."""
+
+MAX_NESTING = 40
+"""Deeper bracket nesting is scored wrong without parsing (golds nest a handful of levels)."""
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+# --------------------------------------------------------------------------- extraction
+def last_boxed(text: str) -> str | None:
+    """The content of the last ``\\boxed{...}`` / ``\\fbox{...}`` of ``text``, braces balanced.
+
+    ``\\boxed 5`` (no braces) gives ``5``. Returns None when there is no box or its braces never close.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"last_boxed: expected a string, got {type(text).__name__}")
+    start = max(text.rfind(cmd) for cmd in _BOX_COMMANDS)
+    if start < 0:
+        return None
+    cmd = next(c for c in _BOX_COMMANDS if text.startswith(c, start))
+    i = start + len(cmd)
+    while i < len(text) and text[i] == " ":
+        i += 1
+    if i >= len(text):
+        return None
+    if text[i] != "{":  # \boxed 5: the next token up to whitespace or a math delimiter
+        m = re.match(r"[^\s$]+", text[i:])
+        return m.group(0) if m else None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j].strip()
+    return None
+
+
+def extract_answer(response: str) -> str | None:
+    """The answer a response commits to: its last boxed content (None if it has none)."""
+    return last_boxed(response)
+
+
+# --------------------------------------------------------------------------- normalisation
+_SCI = re.compile(r"(?<![\w.\\{])(\d+(?:\.\d*)?|\.\d+)\s*[eE]\s*([+-]?\d+)(?![\w.])")
+_DOT_NO_DIGIT = re.compile(r"(\d)\.(?!\d)")
+_APPROX = re.compile(r"^\s*(?:\\approx|\\simeq|\\sim|≈)\s*")
+_THOUSANDS = re.compile(r"(\d)(?:,\\!\s*|\{,\})(\d{3})")
+_PHANTOM = re.compile(r"\\phantom\s*(?:\{[^{}]*\}|\S)")
+_BARE_FRAC = re.compile(r"\\[dt]?frac\s*(\\[A-Za-z]+|\w)\s*(\\[A-Za-z]+|\w)")
+_TRIG_POWER = re.compile(r"\\(sin|cos|tan|sec|csc|cot)\^\{?(\d+)\}?\s*(\\[A-Za-z]+|[A-Za-z0-9])(?![\w({])")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
+_TEXT_UNIT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
+_CMD_SUBSCRIPT = re.compile(r"_\{\s*\\([A-Za-z]+)\s*\}")
+_CAPITAL_E_SUB = re.compile(r"(?<![\\A-Za-z])E_")
+_LETTER_INTERVAL = re.compile(r"^[A-Za-z]\s*(\([^()\[\]]*,[^()\[\]]*\]|\[[^()\[\]]*,[^()\[\]]*\))$")
+_PY_PREFIX = re.compile(r"\b(?:np|numpy|math|sympy|sp)\.")
+_PY_FUNCS = ("arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "sin", "cos", "tan", "exp", "log", "sqrt")
+
+
+def _strip_math_delims(s: str) -> str:
+    s = s.strip()
+    for left, right in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        if len(s) >= len(left) + len(right) and s.startswith(left) and s.endswith(right):
+            s = s[len(left) : len(s) - len(right)].strip()
+    return s
+
+
+def _first_math_if_prose(s: str) -> str:
+    """``$f(x)=ax+b$, where $b$ is an integer``: prose with inline math → its first math segment."""
+    s = re.sub(r"\$\s*\$", " ", s)  # "a+$ $b": an empty math break inside one formula
+    segments = re.findall(r"\$([^$]+)\$", s)
+    outside = re.sub(r"\\[A-Za-z]+", " ", re.sub(r"\$[^$]*\$", " ", s))  # text outside math, commands dropped
+    if segments and re.search(r"[A-Za-z]{3,}", outside):
+        return segments[0]
+    return s
+
+
+def _to_latex(text: str) -> str:
+    """Rewrite plain-text number/function forms into LaTeX that math-verify parses as intended."""
+    s = _strip_math_delims(_first_math_if_prose(text.strip()))
+    s = _APPROX.sub("", s)  # "\approx 8.24" -> "8.24"
+    while _THOUSANDS.search(s):  # 29,\!322,\!216 / 29{,}322 -> 29322216 (matches overlap: repeat)
+        s = _THOUSANDS.sub(r"\1\2", s)
+    s = _PHANTOM.sub("", s)  # \phantom -1 -> 1 (invisible spacing)
+    s = _BARE_FRAC.sub(r"\\frac{\1}{\2}", s)  # \frac\pi 2 -> \frac{\pi}{2}
+    s = _TRIG_POWER.sub(r"\\\1^{\2}(\3)", s)  # \sin^2 t -> \sin^{2}(t)
+    s = _DEGREES.sub("", s)  # 76^\circ -> 76
+    s = _TEXT_UNIT.sub(r"\1", s)  # 8.24 \text{ mph} -> 8.24
+    s = _CMD_SUBSCRIPT.sub(r"_{\1}", s)  # M_{\odot}, m_{\max } -> M_{odot}, m_{max}
+    s = _CAPITAL_E_SUB.sub(r"\\mathcal{E}_", s)  # E_{1}: a bare E is read as Euler's number
+    s = _LETTER_INTERVAL.sub(r"\1", s)  # t(0,4] (a lost "\in") -> (0,4]
+    s = _SCI.sub(lambda m: f"{m.group(1)}\\times 10^{{{m.group(2)}}}", s)  # 4.5e33 -> 4.5\times 10^{33}
+    s = _DOT_NO_DIGIT.sub(r"\1", s)  # -1./3 -> -1/3, "12." -> "12"
+    if _PY_PREFIX.search(s) or "**" in s:  # numpy/python spelling: np.arcsin(10/13), 2**10
+        s = _PY_PREFIX.sub("", s).replace("**", "^")
+        for fn in _PY_FUNCS:
+            s = re.sub(rf"(?<![\\a-zA-Z]){fn}\(", rf"\\{fn}(", s)
+        s = re.sub(r"\\sqrt\(([^()]*)\)", r"\\sqrt{\1}", s)
+    return s.strip().rstrip(".,;").strip()
+
+
+def _too_wild(s: str) -> bool:
+    """Structural guard: answers no benchmark gold resembles, rejected before parsing."""
+    if len(s) > MAX_ANSWER_CHARS:
+        return True
+    depth = worst = 0
+    for c in s:
+        if c in "({[":
+            depth += 1
+            worst = max(worst, depth)
+        elif c in ")}]":
+            depth -= 1
+    return worst > MAX_NESTING
+
+
+# --------------------------------------------------------------------------- comparison
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_answer(text: str, timeout_s: int | None = DEFAULT_TIMEOUT_S) -> list:
+    """math-verify parse of an extracted answer (no surrounding prose): sympy objects + string fallback.
+
+    Cached: a gold answer is parsed once however many samples are scored against it.
+    """
+    from math_verify import LatexExtractionConfig, parse
+    from math_verify.parser import NormalizationConfig
+
+    if _too_wild(text):
+        return []
+    timeout = timeout_s if _in_main_thread() else None
+    latex = _to_latex(text)
+    if not latex:
+        return []
+    return parse(
+        "\\boxed{" + latex + "}",
+        # units=False: math-verify's unit stripping eats trailing one-letter symbols ("2c" -> 2,
+        # "b + c" -> "b +"); textual units are removed by _to_latex instead.
+        extraction_config=[LatexExtractionConfig(boxed_match_priority=0, normalization_config=NormalizationConfig(
+            basic_latex=True, units=False, malformed_operators=True, nits=True, boxed="all", equations=False))],
+        parsing_timeout=timeout,
+    )
+
+
+def _as_float(x) -> float | None:
+    """A parsed answer as a real float when it is a plain real number (no symbols, sets, relations)."""
+    try:
+        import sympy
+
+        if isinstance(x, sympy.Expr) and not x.free_symbols:
+            v = complex(sympy.N(x, 20))
+            if abs(v.imag) < 1e-12 and v.real == v.real:  # real and not NaN
+                return float(v.real)
+    except Exception:
+        return None
+    return None
+
+
+def _numbers(parsed: list) -> list[float]:
+    return [v for v in (_as_float(x) for x in parsed) if v is not None]
+
+
+_INT = re.compile(r"-?\d+")
+NUMERIC_SANITY_REL = 1e-3
+"""math-verify compares floats after rounding to 6 decimals, so 2.88e-19 "equals" 1.3e-27. When both
+answers are plain numbers a match also needs relative error <= this (or the benchmark's rel_tol)."""
+
+
+def answers_match(pred_answer: str, gold_answer: str, rel_tol: float = 0.0, timeout_s: int | None = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether an extracted answer equals the gold answer (both plain answer strings, no \\boxed).
+
+    Args:
+        pred_answer: the model's answer (e.g. the content of its last box).
+        gold_answer: the reference answer.
+        rel_tol: relative numeric tolerance for plain-number answers (0 = none beyond math-verify's).
+        timeout_s: math-verify's alarm in the main thread (ignored elsewhere).
+    """
+    from math_verify import verify
+
+    g_txt, p_txt = _to_latex(gold_answer).replace(" ", ""), _to_latex(pred_answer).replace(" ", "")
+    if _INT.fullmatch(g_txt) and _INT.fullmatch(p_txt):  # fast path: two integers (most golds)
+        return int(g_txt) == int(p_txt)
+    gold = parse_answer(gold_answer, timeout_s)
+    pred = parse_answer(pred_answer, timeout_s)
+    if not gold or not pred:
+        return False
+    g_num, p_num = _numbers(gold[:1]), _numbers(pred[:1])
+    if g_num and p_num:  # two plain numbers: relative error decides, math-verify's rounding must agree too
+        g, p = g_num[0], p_num[0]
+        rel = abs(p - g) / abs(g) if g != 0 else abs(p)
+        if rel_tol > 0 and rel <= rel_tol:
+            return True
+        if rel > NUMERIC_SANITY_REL:
+            return False
+    timeout = timeout_s if _in_main_thread() else None
+    return bool(verify(gold, pred, timeout_seconds=timeout))
+
+
+def is_correct(response: str, answer: str, rel_tol: float = 0.0, timeout_s: int | None = DEFAULT_TIMEOUT_S) -> bool:
+    """True iff the last ``\\boxed{}`` of ``response`` is equivalent to the gold ``answer``.
+
+    Args:
+        response: the model's full response text.
+        answer: the gold final answer (number or LaTeX, no ``\\boxed{}``; ``$...$`` tolerated).
+        rel_tol: relative numeric tolerance (0 = math-verify's comparison only).
+        timeout_s: math-verify's per-parse/compare alarm, main thread only (see module docstring).
+
+    Returns:
+        bool; never raises on malformed responses (they are wrong).
+    """
+    if not isinstance(response, str) or not isinstance(answer, str):
+        raise ValueError(f"is_correct: response and answer must be strings, got {type(response).__name__}, {type(answer).__name__}")
+    boxed = extract_answer(response)
+    if boxed is None:
+        return False
+    try:
+        return answers_match(boxed, answer, rel_tol=rel_tol, timeout_s=timeout_s)
+    except Exception:  # a scorer bug or a pathological input is a wrong answer, not a crashed eval
+        return False
+
+
+# --------------------------------------------------------------------------- worker pool
+@dataclass(frozen=True)
+class ScoreItem:
+    """One answer to score: response text, gold answer, relative tolerance."""
+
+    response: str
+    answer: str
+    rel_tol: float = 0.0
+
+
+def _score_item(item: ScoreItem, timeout_s: int) -> bool:
+    return is_correct(item.response, item.answer, rel_tol=item.rel_tol, timeout_s=timeout_s)
+
+
+def _worker(conn, fn: Callable, timeout_s: int) -> None:
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        idx, item = msg
+        try:
+            ok = bool(fn(item, timeout_s))
+        except Exception:
+            ok = False
+        conn.send((idx, ok))
+
+
+class _Slot:
+    """A worker process with the task it is running (if any) and its deadline."""
+
+    def __init__(self, ctx, fn: Callable, timeout_s: int):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker, args=(child, fn, timeout_s), daemon=True)
+        self.proc.start()
+        child.close()
+        self.task: int | None = None
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(timeout=5)
+        self.conn.close()
+
+
+def score_many(
+    items: Sequence[ScoreItem],
+    workers: int | None = None,
+    timeout_s: int = DEFAULT_TIMEOUT_S,
+    hard_limit_s: float | None = None,
+    fn: Callable[[ScoreItem, int], bool] = _score_item,
+    progress: bool = False,
+) -> list[bool]:
+    """Score many answers in worker processes; a worker over ``hard_limit_s`` is killed (→ wrong).
+
+    Args:
+        items: what to score.
+        workers: processes (default: CPU count, at most len(items)). 0 scores inline in this
+            process (main thread: math-verify's alarms only, no hard limit).
+        timeout_s: math-verify's own per-parse/compare alarm inside each worker.
+        hard_limit_s: wall-clock limit per answer after which its worker is killed and replaced
+            (default 4·timeout_s + 5: a parse of gold and prediction plus a comparison).
+        fn: the per-item scorer (module-level, so that it reaches the workers).
+        progress: show a tqdm bar.
+
+    Returns:
+        one bool per item, in order.
+    """
+    n = len(items)
+    if n == 0:
+        return []
+    if timeout_s is None or timeout_s <= 0:
+        raise ValueError(f"score_many: timeout_s must be a positive number of seconds, got {timeout_s}")
+    hard = hard_limit_s if hard_limit_s is not None else 4 * timeout_s + 5
+    workers = min(n, os.cpu_count() or 1) if workers is None else min(workers, n)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="scoring", unit="ans")
+    if workers <= 0:
+        out = []
+        for it in items:
+            out.append(bool(fn(it, timeout_s)))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return out
+
+    # fork: workers start in milliseconds and inherit math-verify already imported.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    results: list[bool | None] = [None] * n
+    pending = list(range(n - 1, -1, -1))  # a stack, popped from the end → submitted in order
+    slots = [_Slot(ctx, fn, timeout_s) for _ in range(workers)]
+    try:
+        done = 0
+        while done < n:
+            for k, s in enumerate(slots):  # hand out work
+                if s.task is None and pending:
+                    idx = pending.pop()
+                    try:
+                        s.conn.send((idx, items[idx]))
+                    except (BrokenPipeError, OSError):  # a dead worker: replace it, retry the task
+                        s.kill()
+                        slots[k] = s = _Slot(ctx, fn, timeout_s)
+                        s.conn.send((idx, items[idx]))
+                    s.task, s.deadline = idx, time.monotonic() + hard
+            busy = [s for s in slots if s.task is not None]
+            now = time.monotonic()
+            ready = wait([s.conn for s in busy], timeout=max(0.0, min(s.deadline for s in busy) - now))
+            for k, s in enumerate(slots):
+                if s.task is None:
+                    continue
+                if s.conn in ready:
+                    try:
+                        idx, ok = s.conn.recv()
+                    except (EOFError, OSError):  # crashed (e.g. out of memory): wrong, new worker
+                        idx, ok = s.task, False
+                        s.kill()
+                        slots[k] = _Slot(ctx, fn, timeout_s)
+                    results[idx] = ok
+                elif time.monotonic() >= s.deadline:  # hung past the hard limit: kill → wrong
+                    results[s.task] = False
+                    s.kill()
+                    slots[k] = _Slot(ctx, fn, timeout_s)
+                else:
+                    continue
+                slots[k].task = None
+                done += 1
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        for s in slots:
+            try:
+                s.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for s in slots:
+            s.proc.join(timeout=1)
+            if s.proc.is_alive():
+                s.proc.kill()
+                s.proc.join(timeout=5)
+            s.conn.close()
+        if bar is not None:
+            bar.close()
+    return [bool(r) for r in results]
