@@ -118,7 +118,7 @@ def collect(cfg: dict, cells: list[Cell], metric_keys: set[str], root: Path | st
             rec.run_id, rec.source = run.info.run_id, "mlflow"
             rec.start_ms, rec.end_ms = run.info.start_time, run.info.end_time
             for key in sorted(metric_keys):
-                if key in run.data.metrics:
+                if tracking.sanitize_key(key) in run.data.metrics:
                     rec.histories[key] = tracking.metric_history(rec.run_id, key)
             for b in benchmarks:
                 v = run.data.metrics.get(tracking.sanitize_key(f"eval/{b}/{metric}"))

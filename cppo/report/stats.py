@@ -96,12 +96,12 @@ def iqm(values: Sequence[float]) -> float:
 def collapsed(history: Sequence[tuple[int, float]], frac: float = 0.5) -> bool | None:
     """True when the last value of `history` [(step, value), ...] is < frac × its first value.
 
-    None when the history is empty or its first value is not finite (undecidable).
+    None when the history has fewer than two points or its first value is not finite (undecidable).
     """
     if not 0 < frac <= 1:
         raise ValueError(f"collapsed: frac must be in (0, 1], got {frac}")
     pts = sorted((int(s), float(v)) for s, v in history)
-    if not pts or not math.isfinite(pts[0][1]):
+    if len(pts) < 2 or not math.isfinite(pts[0][1]):
         return None
     start, final = pts[0][1], pts[-1][1]
     if not math.isfinite(final):

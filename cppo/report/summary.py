@@ -101,7 +101,7 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
                 text += f"; it is above {', '.join(sep)} with non-overlapping intervals." if sep else "."
             else:
                 text += f" {best.method} is ahead of every other method with non-overlapping 95% intervals."
-            col = [f"{c.method} {c.n_collapsed}/{c.n_runs}" for c in cells if c.n_collapsed]
+            col = [f"{c.method} {c.n_collapsed}/{c.n_decided}" for c in cells if c.n_collapsed]
             text += (" Collapsed seeds: " + ", ".join(col) + ".") if col else " No seed collapsed."
             lines.append(text)
     lines.append("")

@@ -167,7 +167,7 @@ def markdown(stats: list[CellStats], benchmarks: list[str], metric: str, methods
                 if s is None:
                     row += ["–", "–", "–"] + (["–"] if has_pub else [])
                     continue
-                row += [_fmt_ci(s, pct), _fmt(s.iqm, pct), f"{s.n_collapsed}/{s.n_runs}"]
+                row += [_fmt_ci(s, pct), _fmt(s.iqm, pct), f"{s.n_collapsed}/{s.n_decided}" if s.n_decided else "–"]
                 if has_pub:
                     row.append("–" if s.published is None else
                                ("collapse" if math.isnan(s.published) else f"{s.published:.2f}"))

@@ -1,21 +1,32 @@
 # One RL run per (setting, method, scale, seed): results/<profile>/runs/setting~x/method~m/scale~s/seed~k/
 
 
+def backend():
+    return config.get("backend", "builtin")
+
+
 def train_inputs(wc):
     inputs = {"mlflow": MLFLOW_MARKER}
-    if not is_hub(wc.scale) and config.get("backend", "builtin") == "builtin":
+    if backend() == "verl":
+        inputs["data"] = verl_data_files()
+    elif not is_hub(wc.scale):
         inputs["base"] = base_marker(wc.scale)
     return inputs
 
 
 def train_command(wc):
-    """`cppo train` for the builtin trainer, `cppo verl-cmd` for backend: verl."""
-    run_dir = shlex.quote(RUN.format(**wc))
-    common = f"--method {wc.method} --scale {wc.scale} --seed {wc.seed} --run-dir {run_dir}"
-    if config.get("backend", "builtin") == "verl":
-        return f"{CPPO} verl-cmd {shlex.quote(CONFIG)} {common}"
-    init = "" if is_hub(wc.scale) else f" --init {shlex.quote(base_dir(wc.scale))}"
-    return f"{CPPO} train {shlex.quote(CONFIG)} {common} --setting {wc.setting}{init}"
+    """`cppo train` for the builtin trainer; for backend verl, `cppo verl-cmd` writes the run's script
+    (verl run, `final` -> last HF weights, `done`) and the job runs it."""
+    run_dir = RUN.format(**wc)
+    q = shlex.quote
+    setting = "" if wc.setting == "default" else f" --setting {wc.setting}"
+    common = f"--method {wc.method} --scale {wc.scale} --seed {wc.seed}{setting} --run-dir {q(run_dir)}"
+    if backend() == "verl":
+        script = f"{run_dir}/verl_run.sh"
+        return (f"{CPPO} verl-cmd {q(CONFIG)} {common} --mlflow --format script --out {q(script)} "
+                f"&& bash {q(script)}")
+    init = "" if is_hub(wc.scale) else f" --init {q(base_dir(wc.scale))}"
+    return f"{CPPO} train {q(CONFIG)} {common}{init} --no-progress"
 
 
 rule train:
@@ -34,7 +45,7 @@ rule train:
         cmd=train_command,
     threads: 1
     resources:
-        gpu=lambda wc: 0 if config.get("backend", "builtin") == "builtin" else 1,
+        gpu=lambda wc: 0 if backend() == "builtin" else 1,
     shell:
         """
         if [ -f {params.stamp:q} ] && [ "$(cat {params.stamp:q})" != "{params.digest}" ]; then
@@ -43,7 +54,5 @@ rule train:
         fi
         mkdir -p "$(dirname {params.stamp:q})" && echo {params.digest} > {params.stamp:q}
         export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}
-        {params.cmd} > {log:q} 2>&1
-        # The builtin trainer writes `done` itself; an external backend only returns 0.
-        [ -f {output:q} ] || date -u +%FT%TZ > {output:q}
+        ( {params.cmd} ) > {log:q} 2>&1
         """

@@ -41,6 +41,9 @@ def final_step(run_dir: Path) -> int:
                     continue  # a torn last line of a killed run
                 if isinstance(row.get("step"), int):
                     last = row["step"]
+    latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"  # verl's checkpoints
+    if last is None and latest.is_file() and latest.read_text().strip().isdigit():
+        last = int(latest.read_text().strip())
     if last is None:
         raise SystemExit(f"run_info: cannot tell the final step of {run_dir}")
     return last
