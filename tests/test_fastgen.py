@@ -221,3 +221,24 @@ def test_bad_input_is_rejected():
     mask[1] = False
     with pytest.raises(ValueError, match="real token"):
         dec.run(ids, mask, 4)
+
+
+def test_decoder_reusable_across_inference_mode_and_no_grad():
+    model = _qwen3()
+    ids, mask = left_pad(PROMPTS, 0)
+    cont = torch.randint(3, 40, (3, 6), generator=torch.Generator().manual_seed(2))
+    dec = FastDecoder(model)
+    with torch.inference_mode():
+        a = dec.run(ids, mask, 6, forced_tokens=cont, eos_ids=[])
+    b = dec.run(ids, mask, 6, forced_tokens=cont, eos_ids=[])  # same cached runner, outside inference mode
+    assert a.logp.equal(b.logp)
+
+
+@pytest.mark.slow
+def test_compiled_step_matches_eager():
+    model = _qwen3()
+    ids, mask = left_pad(PROMPTS, 0)
+    cont = torch.randint(3, 40, (3, 8), generator=torch.Generator().manual_seed(1))
+    a = FastDecoder(model).run(ids, mask, 8, forced_tokens=cont, eos_ids=[])
+    b = FastDecoder(model, compile_step=True).run(ids, mask, 8, forced_tokens=cont, eos_ids=[])
+    torch.testing.assert_close(b.logp, a.logp, atol=1e-5, rtol=0)

@@ -197,15 +197,19 @@ def forward_cached(model, ids, pos, slots, mask, cache: StaticKVCache) -> torch.
 class _Runner:
     """Cache + static step inputs for one (B, L) shape, and the step, graphed on CUDA."""
 
-    def __init__(self, model, batch: int, length: int, cuda_graph: bool):
+    def __init__(self, model, batch: int, length: int, cuda_graph: bool, compile_step: bool = False):
         self.model = model
-        self.cache = StaticKVCache.allocate(model, batch, length)
-        dev = self.cache.valid.device
-        self.tok = torch.zeros(batch, dtype=torch.long, device=dev)  # (B,) input token
-        self.pos = torch.zeros(batch, dtype=torch.long, device=dev)  # (B,) its position
-        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # (1,) its cache slot
+        # normal (not inference-mode) tensors, so the runner can be reused whatever mode the caller is in
+        with torch.inference_mode(False):
+            self.cache = StaticKVCache.allocate(model, batch, length)
+            dev = self.cache.valid.device
+            self.tok = torch.zeros(batch, dtype=torch.long, device=dev)  # (B,) input token
+            self.pos = torch.zeros(batch, dtype=torch.long, device=dev)  # (B,) its position
+            self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # (1,) its cache slot
         self.graph = None
         self.logits = None
+        # optional: fuse the step's elementwise work (norms, RoPE, SiLU) with inductor before capture
+        self._fn = torch.compile(self._step, dynamic=False) if compile_step else self._step
         if cuda_graph:
             self._capture()
 
@@ -221,16 +225,16 @@ class _Runner:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up on a side stream, as CUDA-graph capture requires
             for _ in range(2):
-                self._step()
+                self._fn()
         torch.cuda.current_stream().wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.logits = self._step()
+            self.logits = self._fn()
         self.cache.reset()  # the warm-up wrote into slot 0
 
     def step(self) -> torch.Tensor:
         if self.graph is None:
-            return self._step()
+            return self._fn()
         self.graph.replay()
         return self.logits
 
@@ -255,9 +259,12 @@ class FastDecoder:
         cuda_graph: capture the decode step as a CUDA graph; None = on when the model is on CUDA.
         bucket: cache length granularity; L = round_up(P + max_new_tokens, bucket).
         check_every: steps between host checks for "every row finished".
+        compile_step: `torch.compile` the decode step (inductor fuses the small elementwise kernels) before
+            it is captured; off by default (compilation takes a while and needs a C++/Triton toolchain).
     """
 
-    def __init__(self, model, cuda_graph: bool | None = None, bucket: int = 64, check_every: int = 8):
+    def __init__(self, model, cuda_graph: bool | None = None, bucket: int = 64, check_every: int = 8,
+                 compile_step: bool = False):
         check_supported(model)
         if bucket < 1 or check_every < 1:
             raise ValueError(f"bucket and check_every must be >= 1 (got {bucket}, {check_every})")
@@ -268,13 +275,14 @@ class FastDecoder:
             raise ValueError("cuda_graph=True needs the model on a CUDA device")
         self.bucket = bucket
         self.check_every = check_every
+        self.compile_step = compile_step
         self._runners: dict[tuple[int, int], _Runner] = {}
 
     def _runner(self, batch: int, length: int) -> _Runner:
         key = (batch, length)
         if key not in self._runners:
             self._runners.clear()  # one shape at a time: caches are large on GPU
-            self._runners[key] = _Runner(self.model, batch, length, self.cuda_graph)
+            self._runners[key] = _Runner(self.model, batch, length, self.cuda_graph, self.compile_step)
         return self._runners[key]
 
     @torch.no_grad()
@@ -405,13 +413,14 @@ class FastHFEngine:
         copy_model: keep a private copy, updated by `sync_weights` (needed for stale rollouts).
         rollout_dtype: e.g. "bfloat16": roll out from a private copy in that dtype (mu then differs from
             pi_old by precision, as with a separate inference engine). Implies a copy.
-        cuda_graph, bucket, check_every: see `FastDecoder`.
+        cuda_graph, bucket, check_every, compile_step: see `FastDecoder`.
     """
 
     name = "hf_fast"
 
     def __init__(self, model, tokenizer, copy_model: bool = False, rollout_dtype: str | None = None,
-                 cuda_graph: bool | None = None, bucket: int = 64, check_every: int = 8):
+                 cuda_graph: bool | None = None, bucket: int = 64, check_every: int = 8,
+                 compile_step: bool = False):
         self.tokenizer = tokenizer
         dtype = getattr(torch, rollout_dtype) if isinstance(rollout_dtype, str) else rollout_dtype
         self.model = model
@@ -421,7 +430,8 @@ class FastHFEngine:
             self.model = copy.deepcopy(model).eval()
             if dtype is not None:
                 self.model = self.model.to(dtype)
-        self.decoder = FastDecoder(self.model, cuda_graph=cuda_graph, bucket=bucket, check_every=check_every)
+        self.decoder = FastDecoder(self.model, cuda_graph=cuda_graph, bucket=bucket, check_every=check_every,
+                                   compile_step=compile_step)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
         self.eos_ids = eos_ids_of(model, tokenizer)
