@@ -7,7 +7,6 @@ the expansion lives once, in plain Python with no heavy imports.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,28 +34,11 @@ class Cell:
             f"scale~{self.scale}" / f"seed~{self.seed}"
 
 
-def set_dotted(cfg: dict, key: str, value: Any) -> None:
-    """`set_dotted(cfg, "rl.lr", 3e-4)`: assign a nested key, creating missing mappings."""
-    parts = key.split(".")
-    if not all(parts):
-        raise ValueError(f"--set: bad key {key!r} (use dotted names like rl.lr)")
-    node = cfg
-    for p in parts[:-1]:
-        if not isinstance(node.get(p), dict):
-            node[p] = {}
-        node = node[p]
-    node[parts[-1]] = value
-
-
 def apply_sets(cfg: dict, sets: Iterable[str] | None) -> dict:
-    """Apply `key=value` overrides (values parsed as YAML) to a copy of `cfg`."""
-    cfg = copy.deepcopy(cfg)
-    for item in sets or ():
-        if "=" not in item:
-            raise ValueError(f"--set: expected key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        set_dotted(cfg, key.strip(), yaml.safe_load(raw))
-    return cfg
+    """`key=value` overrides on a copy of `cfg`, parsed exactly as `cppo train --set` parses them."""
+    from cppo.config import apply_overrides
+
+    return apply_overrides(cfg, list(sets or ()))
 
 
 def load_config(path: Path | str, sets: Iterable[str] | None = None) -> dict:

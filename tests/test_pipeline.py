@@ -1,0 +1,233 @@
+"""The Snakemake pipeline: config validation, dry runs of every profile, mlflow-init, and (slow) a
+reduced tiny grid end to end through Snakemake with MLflow, table, figures and summary checked."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+from config_check import ConfigError, check_config  # noqa: E402
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((REPO / "config" / name).read_text())
+
+
+def _snakemake(*args: str, cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cwd), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- schema
+def test_schema_mirrors_the_typed_config_sections():
+    """Every key the trainer's dataclasses accept is in the schema and nothing else (typos fail)."""
+    from cppo.config import RLConfig, SFTConfig, TaskConfig
+    from cppo.integrations.verl_backend import VerlSettings
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    sections = {"rl": (schema["$defs"]["rl_section"], RLConfig), "sft": (schema["properties"]["sft"], SFTConfig),
+                "task": (schema["properties"]["task"], TaskConfig),
+                "verl": (schema["$defs"]["verl_section"], VerlSettings)}
+    for name, (sub, cls) in sections.items():
+        assert set(sub["properties"]) == {f.name for f in dataclasses.fields(cls)}, name
+        assert sub["additionalProperties"] is False, name
+
+
+@pytest.mark.parametrize("profile", ["tiny.yaml", "tiny-all.yaml", "paper.yaml"])
+def test_profiles_validate(profile):
+    check_config(_load(profile))
+
+
+def test_tiny_all_shares_the_tiny_regime():
+    tiny, full = _load("tiny.yaml"), _load("tiny-all.yaml")
+    for key in ("task", "scales", "sft", "rl", "settings", "eval"):
+        assert full[key] == tiny[key], key
+    for m in tiny["grid"]["methods"]:  # the tiny methods keep their parameters in tiny-all
+        assert full["methods"][m] == tiny["methods"][m], m
+    assert len(full["grid"]["seeds"]) == 5
+    for m in ("cispo", "trm_max", "trm_avg", "minpro", "cppo_no_posw", "cppo_no_prefix", "cppo_shuffled_w",
+              "cppo_kl", "cppo_soft", "cppo_no_cap"):
+        assert m in full["grid"]["methods"], m
+    assert full["methods"]["cppo_kl"]["divergence"] == "binary_kl" and full["methods"]["cppo_kl"]["delta_b"] == 0.002
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["rl"].update(lrr=1e-4), r"unknown config key rl\.lrr"),
+    (lambda c: c["rl"].update(lr="fast"), r"config key rl\.lr: .*'fast'"),
+    (lambda c: c["grid"].update(seeds=["one"]), r"config key grid\.seeds\.0"),
+    (lambda c: c.update(profil="x"), r"unknown config key profil\b"),
+    (lambda c: c["methods"]["cppo"].update(rule="cpo"), r"config key methods\.cppo\.rule: 'cpo' is not one of"),
+    (lambda c: c["settings"]["stale"].update(staleness=-1), r"config key settings\.stale\.staleness"),
+    (lambda c: c["eval"].update(n=0), r"config key eval\.n"),
+])
+def test_bad_config_names_the_key(edit, expected):
+    cfg = _load("tiny.yaml")
+    edit(cfg)
+    with pytest.raises(ConfigError, match=expected):
+        check_config(cfg)
+
+
+# ----------------------------------------------------------------------------- dry runs
+def _job_counts(out: str) -> dict[str, int]:
+    block = out.split("Job stats:", 1)[1]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+@pytest.mark.parametrize("profile, trains, evals", [
+    (None, 4 * 2 * 3 * 2, 4 * 2 * 3 * 2 * 2),  # the embedded default: config/tiny.yaml
+    ("config/tiny-all.yaml", 14 * 2 * 5 * 2, 14 * 2 * 5 * 2 * 2),
+    ("config/paper.yaml", 7 * 4, 7 * 4 * 3),
+])
+def test_dry_run_plans_the_full_grid(tmp_path, profile, trains, evals):
+    args = ["-n", "--quiet", "rules"] + (["--configfile", str(REPO / profile)] if profile else [])
+    res = _snakemake(*args, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = _job_counts(res.stdout + res.stderr)
+    assert counts["train"] == trains and counts["evaluate"] == evals and counts["report"] == 1
+    if profile == "config/paper.yaml":
+        assert counts["prepare_data"] == 4 and "base" not in counts  # hub models, verl data
+    else:
+        assert counts["base"] == 2
+
+
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install 'cppo-bench[slurm]'); "
+                    "snakemake needs it even for -n with the slurm profile")
+    res = _snakemake("-n", "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                     "--configfile", str(REPO / "config" / "paper.yaml"), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert _job_counts(out)["train"] == 28
+    train_res = re.search(r"rule train:.*?resources: ([^\n]+)", out, re.S).group(1)
+    assert "gpu=8" in train_res and "slurm_partition=gpu" in train_res
+
+
+def test_dry_run_rejects_a_bad_config_naming_the_key(tmp_path):
+    cfg = _load("tiny.yaml")
+    cfg["rl"]["lerning_rate"] = 1e-4
+    cfg["grid"]["seeds"] = [1, "two"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    res = _snakemake("-n", "--configfile", str(bad), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0
+    assert "unknown config key rl.lerning_rate" in out and "config key grid.seeds.1" in out
+
+
+def test_mlflow_init_creates_every_parent_once(mlflow_uri, tmp_path):
+    from cppo import tracking
+    from cppo.cli import main
+
+    out = tmp_path / "parents.json"
+    assert main(["mlflow-init", str(REPO / "config" / "tiny.yaml"), "--out", str(out)]) == 0
+    assert main(["mlflow-init", str(REPO / "config" / "tiny.yaml"), "--out", str(out)]) == 0  # idempotent
+    ids = json.loads(out.read_text())["parents"]
+    assert len(ids) == 2 * 4 * 2 == len(set(ids.values()))  # settings × methods × scales
+    c = tracking.client()
+    exp = c.get_experiment_by_name("tiny")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    assert len(runs) == 16 and all(r.data.tags["level"] == "parent" for r in runs)
+    r = c.get_run(ids["stale/cppo/m"])
+    assert (r.data.tags["setting"], r.data.tags["method"], r.data.tags["scale"], r.data.tags["rule"]) == \
+        ("stale", "cppo", "m", "cppo")
+
+
+# ----------------------------------------------------------------------------- end to end
+E2E_CONFIG = """
+profile: e2e
+data_dir: null
+backend: builtin
+task: {name: chain, K: 6, modulus: 10, ood_K: 8, n_test: 16}
+scales:
+  s: {hidden_size: 32, num_hidden_layers: 2, num_attention_heads: 2, num_key_value_heads: 1, intermediate_size: 64}
+sft: {batch_size: 32, max_steps: 30, eval_every: 15, val_n: 16, target_sampled_acc: null, warmup_steps: 5}
+rl: {prompts_per_rollout: 4, samples_per_prompt: 4, updates_per_rollout: 2, steps: 3, max_new_tokens: 10,
+     eval_every: 1, eval_n: 8, save_every: 2, loss_agg: seq-mean-token-sum-norm}
+settings:
+  fresh: {grad_clip: null, staleness: 0}
+methods:
+  grpo: {rule: ppo_clip, eps_low: 0.2, eps_high: 0.28}
+  cppo: {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20}
+grid: {methods: [grpo, cppo], scales: [s], seeds: [1, 2], settings: [fresh]}
+eval: {benchmarks: [chain_id, chain_ood], n: 2, temperature: 0.7, top_p: 0.95, max_tokens: 12, limit: 8}
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
+    """2 methods × 1 scale × 2 seeds, --cores 2 (two runs write to one SQLite store at once)."""
+    from cppo import tracking
+
+    cfg = tmp_path / "e2e.yaml"
+    cfg.write_text(E2E_CONFIG)
+    res = _snakemake("--cores", "2", "--configfile", str(cfg), "--workflow-profile",
+                     str(REPO / "workflow" / "profiles" / "default"), cwd=tmp_path, timeout=380)
+    logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in (tmp_path / "results").rglob("*.log"))
+    assert res.returncode == 0, (res.stderr[-4000:] + logs)
+
+    # MLflow: one experiment, 2 parents, 4 children with tags, parents and complete histories
+    c = tracking.client()
+    exp = c.get_experiment_by_name("e2e")
+    runs = c.search_runs([exp.experiment_id], max_results=100)
+    parents = {r.info.run_id: r for r in runs if r.data.tags.get("level") == "parent"}
+    children = [r for r in runs if r.data.tags.get("level") == "child"]
+    assert len(parents) == 2 and len(children) == 4
+    assert sorted((r.data.tags["method"], r.data.tags["seed"]) for r in children) == \
+        [("cppo", "1"), ("cppo", "2"), ("grpo", "1"), ("grpo", "2")]
+    for r in children:
+        t = r.data.tags
+        parent = parents[t["mlflow.parentRunId"]]
+        assert parent.data.tags["method"] == t["method"] and parent.data.tags["scale"] == t["scale"] == "s"
+        assert t["rule"] == {"grpo": "ppo_clip", "cppo": "cppo"}[t["method"]]
+        assert t["setting"] == "fresh" and t["profile"] == "e2e" and "git_commit" in t and "version/torch" in t
+        assert r.info.status == "FINISHED"
+        run_dir = tmp_path / "results" / "e2e" / "runs" / "setting~fresh" / f"method~{t['method']}" / "scale~s" / \
+            f"seed~{t['seed']}"
+        assert (run_dir / "mlflow_run_id").read_text().strip() == r.info.run_id
+        # every step of metrics.jsonl is in MLflow exactly once (nothing lost, nothing duplicated)
+        file_steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for key in ("rollout/reward_mean", "eval/chain_id/greedy_acc"):
+            hist = c.get_metric_history(r.info.run_id, key)
+            want = [s for s, line in zip(file_steps, (run_dir / "metrics.jsonl").read_text().splitlines())
+                    if key in json.loads(line)]
+            assert sorted(m.step for m in hist) == want, key
+        assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "rollout/reward_mean")) == [1, 2, 3]
+        assert r.data.params["rl/steps"] == "3"
+        for b in ("chain_id", "chain_ood"):  # cppo eval logged into the child at the final step
+            hist = c.get_metric_history(r.info.run_id, f"eval/{b}/avg_at_2")
+            assert [m.step for m in hist] == [3], b
+            assert (run_dir / "eval" / f"{b}.json").is_file()
+
+    # table: 2 methods × (2 benchmarks + mean); markdown rows; figures; summary
+    out = tmp_path / "results" / "e2e"
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert sorted((r["method"], r["benchmark"]) for r in rows) == sorted(
+        (m, b) for m in ("grpo", "cppo") for b in ("chain_id", "chain_ood", "mean"))
+    assert all(r["n_seeds"] == "2" and r["n_runs"] == "2" for r in rows)
+    md = (out / "table.md").read_text()
+    assert re.search(r"^\| grpo \|", md, re.M) and re.search(r"^\| cppo \|", md, re.M)
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert figs == ["curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
+                    "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg"]
+    assert all((out / "figures" / f).stat().st_size > 10_000 for f in figs)
+    summary = (out / "summary.md").read_text()
+    assert "Pipeline wall time" in summary and "4 finished, 4 evaluated" in summary
+
+    # nothing left to do: a second invocation plans no job
+    again = _snakemake("-n", "--configfile", str(cfg), cwd=tmp_path)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

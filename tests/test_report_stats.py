@@ -1,0 +1,194 @@
+"""Report statistics on hand-made numbers and run histories: bootstrap CI, IQM, collapse, tables."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cppo.report.collect import RunRecord, eval_metric, read_metrics_jsonl
+from cppo.report.grid import Cell, apply_sets, cells, parents
+from cppo.report.stats import bootstrap_band, bootstrap_ci, ci_overlap, collapsed, iqm
+from cppo.report.tables import attach_published, cell_stats, load_published, markdown, write_csv
+
+
+# ----------------------------------------------------------------------------- bootstrap
+def test_bootstrap_ci_bounds_and_degenerate_cases():
+    mean, lo, hi = bootstrap_ci([0.0, 1.0], n_boot=20_000, seed=1)
+    # resampled means of {0, 1} with n=2 are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    assert mean == 0.5 and lo == 0.0 and hi == 1.0
+    m, lo, hi = bootstrap_ci([0.3, 0.3, 0.3])
+    assert (m, lo, hi) == pytest.approx((0.3, 0.3, 0.3))
+    m, lo, hi = bootstrap_ci([0.42])
+    assert m == 0.42 and math.isnan(lo) and math.isnan(hi)
+    assert all(math.isnan(v) for v in bootstrap_ci([]))
+    assert bootstrap_ci([1.0, float("nan"), 3.0, None])[0] == 2.0  # non-finite seeds are ignored
+    with pytest.raises(ValueError, match="alpha"):
+        bootstrap_ci([1, 2], alpha=1.5)
+
+
+def test_bootstrap_ci_is_deterministic_and_covers_mean():
+    x = np.random.default_rng(0).normal(0.5, 0.1, size=8)
+    a, b = bootstrap_ci(x, seed=3), bootstrap_ci(x, seed=3)
+    assert a == b
+    m, lo, hi = a
+    assert lo < m < hi
+    # the percentile interval of a mean shrinks ~ 1/sqrt(n): 4x the data, about half the width
+    m4, lo4, hi4 = bootstrap_ci(np.tile(x, 4), seed=3)
+    assert 0.35 < (hi4 - lo4) / (hi - lo) < 0.65
+
+
+def test_bootstrap_band_per_step_with_missing_seeds():
+    mat = np.array([[1.0, 2.0, np.nan], [3.0, 2.0, 5.0]])
+    mean, lo, hi = bootstrap_band(mat, n_boot=4000)
+    assert mean.tolist() == [2.0, 2.0, 5.0]
+    assert lo[0] == 1.0 and hi[0] == 3.0  # resamples of {1, 3}: 1, 2, 3
+    assert lo[1] == hi[1] == 2.0
+    assert math.isnan(lo[2]) and math.isnan(hi[2])  # one seed: no interval
+
+
+# ----------------------------------------------------------------------------- IQM
+def test_iqm_hand_computed():
+    assert iqm([1, 2, 3, 4]) == pytest.approx(2.5)  # middle two of four
+    assert iqm([4, 1, 100, 2, 3, 3, 2, -50]) == pytest.approx(2.5)  # middle four of eight: 2, 2, 3, 3
+    # n = 3: weights 1/6, 2/3, 1/6 on the sorted values
+    assert iqm([0, 1, 10]) == pytest.approx(10 / 6 + 2 / 3)
+    # n = 5: weights 0, .3, .4, .3, 0
+    assert iqm([1, 2, 3, 4, 1000]) == pytest.approx(0.3 * 2 + 0.4 * 3 + 0.3 * 4)
+    assert iqm([7.0]) == 7.0 and math.isnan(iqm([]))
+
+
+def test_iqm_is_robust_to_one_outlier_unlike_mean():
+    x = [0.50, 0.52, 0.48, 0.51, 0.49, 0.50, 0.0, 0.51]
+    assert abs(iqm(x) - 0.5) < 0.01 < abs(float(np.mean(x)) - 0.5)
+
+
+# ----------------------------------------------------------------------------- collapse
+def test_collapse_detection():
+    assert collapsed([(0, 0.87), (25, 0.80), (150, 0.20)]) is True  # PG-IS-like fall
+    assert collapsed([(0, 0.87), (150, 0.44)]) is False  # 0.44 >= 0.435: just not half
+    assert collapsed([(0, 0.87), (150, 0.43)]) is True
+    assert collapsed([(150, 0.2), (0, 0.87)]) is True  # order of the input does not matter
+    assert collapsed([(0, 0.87), (25, 0.1), (150, 0.85)]) is False  # recovered: judged on the final value
+    assert collapsed([(0, 0.5), (10, float("nan"))]) is True  # ended on nan
+    assert collapsed([(0, 0.0), (10, 0.0)]) is False  # nothing to lose
+    assert collapsed([]) is None and collapsed([(5, 0.4)]) is None  # undecidable
+    assert collapsed([(0, 0.8), (10, 0.5)], frac=0.7) is True
+    with pytest.raises(ValueError):
+        collapsed([(0, 1.0), (1, 1.0)], frac=0.0)
+
+
+def test_ci_overlap():
+    assert ci_overlap((0.5, 0.4, 0.6), (0.55, 0.5, 0.7))
+    assert not ci_overlap((0.5, 0.4, 0.45), (0.6, 0.5, 0.7))
+    assert ci_overlap((0.5, math.nan, math.nan), (0.9, 0.8, 1.0))  # unknown counts as overlapping
+
+
+# ----------------------------------------------------------------------------- grid and tables
+CFG = {
+    "profile": "t",
+    "scales": {"s": {}, "m": {}},
+    "settings": {"fresh": {}, "stale": {}},
+    "methods": {"grpo": {"rule": "ppo_clip"}, "cppo": {"rule": "cppo"}},
+    "grid": {"methods": ["grpo", "cppo"], "scales": ["s"], "seeds": [1, 2, 3], "settings": ["fresh"]},
+}
+
+
+def test_grid_cells_paths_and_errors():
+    cs = cells(CFG)
+    assert len(cs) == 6 and cs[0] == Cell("fresh", "grpo", "ppo_clip", "s", 1)
+    assert str(cs[4].run_dir("t")) == "results/t/runs/setting~fresh/method~cppo/scale~s/seed~2"
+    assert parents(CFG) == [("fresh", "grpo", "s", "ppo_clip"), ("fresh", "cppo", "s", "cppo")]
+    bad = apply_sets(CFG, ["grid.methods=[grpo, nope]"])
+    with pytest.raises(ValueError, match="unknown method 'nope'"):
+        cells(bad)
+    with pytest.raises(ValueError, match="unknown scale 'xl'"):
+        cells(apply_sets(CFG, ["grid.scales=[xl]"]))
+    assert apply_sets(CFG, ["rl.lr=3e-4"])["rl"]["lr"] == 3e-4 and "rl" not in CFG
+
+
+def _rec(method, rule, seed, chain_id, chain_ood, acc_hist):
+    r = RunRecord(cell=Cell("fresh", method, rule, "s", seed), run_dir=Path("/nonexistent"))
+    r.evals = {"chain_id": {"avg@4": chain_id}, "chain_ood": {"avg@4": chain_ood}}
+    r.histories["eval/chain_id/greedy_acc"] = acc_hist
+    r.done = {"step": 150}
+    return r
+
+
+def _records():
+    ok = [(0, 0.9), (150, 0.88)]
+    return [
+        _rec("grpo", "ppo_clip", 1, 0.6, 0.2, ok),
+        _rec("grpo", "ppo_clip", 2, 0.8, 0.4, ok),
+        _rec("grpo", "ppo_clip", 3, 0.7, 0.3, [(0, 0.9), (150, 0.1)]),  # collapsed
+        _rec("cppo", "cppo", 1, 0.9, 0.5, ok),
+        _rec("cppo", "cppo", 2, 0.9, 0.5, ok),
+        _rec("cppo", "cppo", 3, 0.9, math.nan, ok),  # OOD eval missing: excluded from that column
+    ]
+
+
+def test_cell_stats_on_hand_made_runs(tmp_path):
+    stats = cell_stats(_records(), ["chain_id", "chain_ood"], "avg@4", "eval/chain_id/greedy_acc", n_boot=2000)
+    idx = {(s.method, s.benchmark): s for s in stats}
+    g = idx[("grpo", "mean")]
+    assert g.values == pytest.approx([0.4, 0.6, 0.5])  # per-seed mean over benchmarks first
+    assert g.mean == pytest.approx(0.5) and g.iqm == pytest.approx(0.5)
+    assert g.lo < 0.5 < g.hi
+    assert (g.n_collapsed, g.n_decided, g.n_runs) == (1, 3, 3)
+    c = idx[("cppo", "chain_ood")]
+    assert c.values == [0.5, 0.5] and c.seeds == [1, 2]
+    assert idx[("cppo", "mean")].values == pytest.approx([0.7, 0.7])
+    assert idx[("cppo", "mean")].n_collapsed == 0
+
+    md = markdown(stats, ["chain_id", "chain_ood"], "avg@4", ["grpo", "cppo"], ["s"], ["fresh"])
+    grpo_row = next(line for line in md.splitlines() if line.startswith("| grpo"))
+    assert "50.0 [" in grpo_row and "| 1/3 |" in grpo_row
+    assert "| cppo | 70.0 (n=2)" not in md  # two identical seeds still give a (zero-width) interval
+    assert "70.0 [70.0, 70.0]" in md
+
+    write_csv(stats, tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert len(rows) == 2 * 3
+    row = next(r for r in rows if r["method"] == "grpo" and r["benchmark"] == "mean")
+    assert float(row["mean"]) == pytest.approx(0.5) and row["collapsed"] == "1" and row["n_seeds"] == "3"
+
+
+def test_best_within_steps_uses_the_best_common_step():
+    r = _rec("cppo", "cppo", 1, 0.1, 0.1, [(0, 1), (9, 1)])
+    r.histories["eval/chain_id/avg@4"] = [(0, 0.2), (10, 0.6), (20, 0.3)]
+    r.histories["eval/chain_ood/avg@4"] = [(0, 0.2), (10, 0.2), (20, 0.5)]
+    stats = cell_stats([r], ["chain_id", "chain_ood"], "avg@4", "x", best=True, n_boot=10)
+    idx = {s.benchmark: s for s in stats}
+    assert idx["chain_id"].mean == pytest.approx(0.6) and idx["chain_ood"].mean == pytest.approx(0.5)
+    assert idx["mean"].mean == pytest.approx(0.4)  # best step of the mean (10 and 20 tie at 0.4), not 0.55
+
+
+def test_published_numbers_attach_to_matching_cells():
+    pub = load_published(Path(__file__).resolve().parents[1] / "results" / "paper" / "table1.csv")
+    assert pub[("cppo", "qwen317b", "mean")] == 31.88
+    assert pub[("trmavg", "qwen330ba3bbase", "aime26")] == 55.41
+    assert math.isnan(pub[("cispo", "qwen330ba3bbase", "mean")])  # "collapse"
+    recs = [_rec("cppo", "cppo", 1, 0.3, 0.3, []), _rec("trm_max", "trm_max", 1, 0.2, 0.2, [])]
+    for r in recs:
+        r.cell = Cell("default", r.cell.method, r.cell.rule, "1.7b", 1)
+    stats = cell_stats(recs, ["chain_id"], "avg@4", "x", n_boot=10)
+    attach_published(stats, pub, {"1.7b": "Qwen3-1.7B"})
+    got = {(s.method, s.benchmark): s.published for s in stats}
+    assert got[("cppo", "mean")] == 31.88 and got[("trm_max", "mean")] == 25.21
+    assert got[("cppo", "chain_id")] is None
+
+
+def test_read_metrics_jsonl_and_eval_json(tmp_path):
+    f = tmp_path / "metrics.jsonl"
+    f.write_text('{"step": 0, "eval/chain_id/greedy_acc": 0.8}\n{"step": 1, "rollout/reward_mean": 0.3, '
+                 '"note": "x"}\n{"step": 2, "rollout/reward_mean": 0.5}\n{"step": 3, "rollout/rew')
+    h = read_metrics_jsonl(f)
+    assert h == {"eval/chain_id/greedy_acc": [(0, 0.8)], "rollout/reward_mean": [(1, 0.3), (2, 0.5)]}
+    assert eval_metric({"avg@4": 0.5}, "b", "avg@4") == 0.5
+    assert eval_metric({"metrics": {"avg@4": 0.25}}, "b", "avg@4") == 0.25
+    assert eval_metric({"results": {"b": {"avg@4": 0.75}}}, "b", "avg@4") == 0.75
+    assert eval_metric({"benchmarks": {"b": {"metrics": {"avg@4": 0.1}}}}, "b", "avg@4") == 0.1
+    assert eval_metric({"results": {"other": {"avg@4": 0.75}}}, "b", "avg@4") is None
