@@ -231,3 +231,22 @@ def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
     # nothing left to do: a second invocation plans no job
     again = _snakemake("-n", "--configfile", str(cfg), cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_run_info_final_step_and_mlflow_args(tmp_path):
+    script = REPO / "workflow" / "scripts" / "run_info.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), str(tmp_path), *args], capture_output=True, text=True)
+
+    assert run("--mlflow-args").stdout == ""  # trained with --no-mlflow: no tracking flags
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n{"step": 7}\n{"step": 8, "x": ')  # torn last line
+    (tmp_path / "mlflow_run_id").write_text("abc123\n")
+    assert run("--mlflow-args").stdout.split() == ["--mlflow-run-id", "abc123", "--step", "7"]
+    (tmp_path / "done").write_text('{"step": 9, "stopped_reason": null}')
+    assert json.loads(run().stdout) == {"final_step": 9, "mlflow_run_id": "abc123"}
+    (tmp_path / "done").write_text("")  # verl's script touches an empty marker
+    (tmp_path / "metrics.jsonl").unlink()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("680")
+    assert json.loads(run().stdout)["final_step"] == 680
