@@ -153,10 +153,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
-def _attention(attn, x, cos, sin, k_cache, v_cache, slots, mask) -> torch.Tensor:
-    """One attention block: project, norm, rotate, write K/V at `slots`, attend over the whole cache.
+def _attention(attn, x, cos, sin, k_cache, v_cache, slots, mask, over_cache: bool) -> torch.Tensor:
+    """One attention block: project, norm, rotate, write K/V at `slots`, attend.
 
-    x (B, S, hidden); slots (S,) long cache slots of the S new tokens; mask (B, 1, S, L) bool.
+    x (B, S, hidden); slots (S,) long cache slots of the S new tokens. `over_cache`: attend over the whole
+    cache with mask (B, 1, S, L) (decode); else over the S new tokens only with mask (B, 1, S, S) (prefill
+    of a fresh cache: cheaper, and the mask stays (S, S) however long the cache is).
     """
     B, S, _ = x.shape
     hd = attn.head_dim
@@ -169,27 +171,29 @@ def _attention(attn, x, cos, sin, k_cache, v_cache, slots, mask) -> torch.Tensor
     q, k = _rope(q, cos, sin), _rope(k, cos, sin)
     k_cache.index_copy_(2, slots, k)
     v_cache.index_copy_(2, slots, v)
-    H, Hkv, L = q.shape[1], k_cache.shape[1], k_cache.shape[2]
+    keys, values = (k_cache, v_cache) if over_cache else (k, v)  # (B, Hkv, L or S, D)
+    H, Hkv, L = q.shape[1], keys.shape[1], keys.shape[2]
     G = H // Hkv
     # fold the G query heads sharing a KV head into the query axis (head h uses KV head h // G)
     qg = q.reshape(B, Hkv, G * S, hd)  # (B, Hkv, G*S, D)
     mg = mask.unsqueeze(2).expand(B, 1, G, S, L).reshape(B, 1, G * S, L)
-    o = F.scaled_dot_product_attention(qg, k_cache, v_cache, attn_mask=mg, scale=attn.scaling)
+    o = F.scaled_dot_product_attention(qg, keys, values, attn_mask=mg, scale=attn.scaling)
     o = o.reshape(B, H, S, hd).transpose(1, 2).reshape(B, S, H * hd)  # (B, S, H*D)
     return attn.o_proj(o)
 
 
-def forward_cached(model, ids, pos, slots, mask, cache: StaticKVCache) -> torch.Tensor:
+def forward_cached(model, ids, pos, slots, mask, cache: StaticKVCache, over_cache: bool = True) -> torch.Tensor:
     """Run the decoder on S new tokens per row, writing their K/V into `cache`.
 
-    ids, pos (B, S) long; slots (S,) long; mask (B, 1, S, L) bool. Returns the final-norm hidden state of
-    the last new token, (B, hidden).
+    ids, pos (B, S) long; slots (S,) long; mask (B, 1, S, L) bool, or (B, 1, S, S) with over_cache=False
+    (see `_attention`). Returns the final-norm hidden state of the last new token, (B, hidden).
     """
     base = model.model
     h = base.embed_tokens(ids)  # (B, S, hidden)
     cos, sin = base.rotary_emb(h, pos)  # (B, S, D)
     for i, layer in enumerate(base.layers):
-        h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, cache.k[i], cache.v[i], slots, mask)
+        h = h + _attention(layer.self_attn, layer.input_layernorm(h), cos, sin, cache.k[i], cache.v[i], slots, mask,
+                           over_cache)
         h = h + layer.mlp(layer.post_attention_layernorm(h))
     return base.norm(h[:, -1])
 
@@ -339,11 +343,10 @@ class FastDecoder:
         cache.valid[:, :P] = amask
         lengths = amask.sum(dim=1)  # (B,) real prompt lengths = position of the first new token
         pos = (amask.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, P)
-        j = torch.arange(L, device=dev)
         s = torch.arange(P, device=dev)
-        causal = j[None, :] <= s[:, None]  # (P, L)
-        mask = (causal[None] & cache.valid[:, None, :]) | (j[None, None, :] == s[None, :, None])  # (B, P, L)
-        h = forward_cached(self.model, input_ids, pos, s, mask[:, None], cache)
+        causal = s[None, :] <= s[:, None]  # (P, P) key j <= query i
+        mask = (causal[None] & amask[:, None, :]) | torch.eye(P, dtype=torch.bool, device=dev)[None]  # (B, P, P)
+        h = forward_cached(self.model, input_ids, pos, s, mask[:, None], cache, over_cache=False)
         logits = self.model.lm_head(h).float()  # (B, V)
 
         tokens = torch.full((B, N), pad_id, dtype=torch.long, device=dev)
