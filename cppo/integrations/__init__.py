@@ -1,0 +1,1 @@
+"""Bridges to outside engines: verl (policy losses and command lines) and its data format."""

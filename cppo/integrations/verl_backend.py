@@ -1,0 +1,399 @@
+"""`cppo verl-cmd`: the verl (==0.9.1) command line of one run of a profile with `backend: verl`.
+
+Why generate, not wrap: verl is driven by Hydra overrides of `python -m verl.trainer.main_ppo`; one
+explicit, reviewable command per run (printed, or written as a script for a SLURM job) keeps the
+paper profile reproducible outside this package, and the golden tests pin every key that matters.
+
+What the command encodes (keys checked against verl 0.9.1's `trainer/config/_generated_ppo_trainer.yaml`):
+- model: `scales.<s>.hub` (or `scales.<s>.path`) -> actor_rollout_ref.model.path;
+- data: `<data_dir>/<train_source>.parquet` and one `<benchmark>.parquet` per eval benchmark, written by
+  `cppo prepare-data` (the pipeline's prepare rule); max prompt length; reward = math-verify
+  (`cppo.integrations.verl.compute_score`), the same check as `cppo eval`;
+- batch sizes (paper Table 3): data.train_batch_size = rl.prompts_per_rollout, rollout.n =
+  rl.samples_per_prompt, ppo_mini_batch_size = prompts_per_rollout / updates_per_rollout (verl counts
+  mini-batches in prompts), one pass (ppo_epochs = 1), max response length = rl.max_new_tokens;
+- optimiser: AdamW lr, weight decay, betas, gradient clipping (`null` -> a 1e9 bound: off);
+- the rule: actor policy_loss.loss_mode = `cppo` / `cppo_<rule>` (our plugin, cppo.integrations.verl)
+  with its parameters in policy_loss.rule_params (config class CPPOPolicyLossConfig); loss
+  aggregation and, for `seq-mean-token-sum-norm`, loss_scale_factor = max response length;
+- the anchor: algorithm.rollout_correction.bypass_mode=true, so `old_log_prob` in the loss is the
+  rollout engine's log-prob μ (calculate_log_probs=true), with no IS re-weighting or rejection;
+- GRPO advantages (std normalisation from rl.std_norm), no KL loss / KL reward / entropy bonus;
+  groups with zero reward variance are skipped (algorithm.filter_groups on the reward);
+- seeds (data shuffle, actor data loader, rollout, FSDP), checkpoint cadence (rl.save_every, with
+  Hugging Face weights saved beside the shards), validation cadence (rl.eval_every) with the
+  profile's eval sampling (n, temperature, top-p), resume mode auto;
+- MLflow: trainer.logger=[console,mlflow], MLFLOW_TRACKING_URI = our store, experiment = profile,
+  run name = `<setting>/<method>/<scale>/seed<k>`; with a run folder the child run is created first by
+  `cppo.tracking.start_child` and verl attaches to it through MLFLOW_RUN_ID (verl 0.9.1 honours it).
+
+Where values come from (lowest first): the `rl` section, `scales.<s>.rl` (per-model Table 3 values),
+the chosen setting, `--set`; method parameters from `methods.<m>` then `scales.<s>.methods.<m>`;
+cluster settings from `verl` then `scales.<s>.verl` (see `VerlSettings`).
+
+Top-K divergences: verl records no top-K log-probs of μ, so a method using `topk_tv`/`topk_kl` runs
+with the binary counterpart and the command says so (`verl.topk_fallback: error` refuses instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+VERL_VERSION = "0.9.1"
+VERL_PIP = f"verl=={VERL_VERSION}"
+ENTRYPOINT = ("python3", "-m", "verl.trainer.main_ppo")
+GRAD_CLIP_OFF = 1.0e9
+
+
+@dataclass
+class VerlSettings:
+    """The `verl` section of a profile (and `scales.<s>.verl` per model): cluster and engine settings."""
+
+    data_dir: Optional[str] = None
+    """Folder of the prepared parquet files; default `<results_dir>/<profile>/data`."""
+    train_source: str = "dapo-math-17k"
+    """Training set name (`<data_dir>/<train_source>.parquet`, written by `cppo prepare-data`)."""
+    val_sources: Optional[list[str]] = None
+    """Validation set names; default the profile's `eval.benchmarks`."""
+    max_prompt_length: int = 1024
+    """Prompt token limit (longer prompts are filtered out)."""
+    rollout_engine: str = "vllm"
+    """verl rollout engine: vllm or sglang."""
+    nnodes: int = 1
+    """Nodes of the run."""
+    n_gpus_per_node: int = 8
+    """GPUs per node."""
+    rollout_tp: int = 1
+    """Tensor-parallel size of the rollout engine."""
+    gpu_memory_utilization: float = 0.6
+    """Fraction of GPU memory the rollout engine may take."""
+    max_token_len_per_gpu: Optional[int] = None
+    """Token budget of one micro-batch (dynamic batch size); default 2 × (prompt + response limits)."""
+    param_offload: bool = False
+    """FSDP parameter offload to CPU (large models)."""
+    optimizer_offload: bool = False
+    """FSDP optimizer-state offload to CPU."""
+    filter_zero_variance: bool = True
+    """Skip prompt groups whose rewards are all equal (the paper's protocol)."""
+    hf_checkpoints: bool = True
+    """Also save Hugging Face weights in each checkpoint (for `cppo eval`)."""
+    val_before_train: bool = True
+    """Validate the initial model (step 0 of the eval curve)."""
+    topk_fallback: str = "binary"
+    """A top-K divergence under verl: `binary` (use binary TV/KL, noted in the output) or `error`."""
+    time_limit: Optional[str] = None
+    """SLURM time limit of one run (e.g. `48:00:00`), for the pipeline's resources."""
+    extra_overrides: list[str] = field(default_factory=list)
+    """Hydra overrides appended verbatim (they win over the generated ones)."""
+
+
+@dataclass
+class VerlCommand:
+    """One generated run: environment, argv and what the reader should know."""
+
+    argv: list[str]
+    """`python3 -m verl.trainer.main_ppo` and its Hydra overrides."""
+    env: dict[str, str]
+    """Environment variables the command needs (MLflow store and run)."""
+    run_dir: Path
+    """The run folder (checkpoints under `checkpoints/`, HF weights linked as `final`)."""
+    notes: list[str] = field(default_factory=list)
+    """Deviations and facts worth a comment line (e.g. a top-K divergence replaced by binary)."""
+    settings: Optional[VerlSettings] = None
+    """The resolved cluster settings."""
+
+    @property
+    def overrides(self) -> list[str]:
+        return self.argv[len(ENTRYPOINT):]
+
+    def override_map(self) -> dict[str, str]:
+        """key -> value of the Hydra overrides (a leading `+` kept in the key)."""
+        return dict(o.split("=", 1) for o in self.overrides)
+
+    def shell(self) -> str:
+        """The command as one shell line per override (env assignments first)."""
+        env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        parts = [" ".join(env + [shlex.quote(a) for a in ENTRYPOINT])] + [shlex.quote(o) for o in self.overrides]
+        return " \\\n    ".join(parts)
+
+    def script(self) -> str:
+        """A bash script: notes, the verl run, then `final` -> the last checkpoint's HF weights, `done`."""
+        ckpt = self.run_dir / "checkpoints"
+        lines = ["#!/usr/bin/env bash", f"# generated by `cppo verl-cmd` for {VERL_PIP}", "set -euo pipefail"]
+        lines += [f"# NOTE: {n}" for n in self.notes]
+        lines += [f"mkdir -p {shlex.quote(str(self.run_dir))}", self.shell()]
+        lines += [
+            f"step=$(cat {shlex.quote(str(ckpt / 'latest_checkpointed_iteration.txt'))})",
+            f"ln -sfn {shlex.quote(str(ckpt))}/global_step_${{step}}/actor/huggingface "
+            f"{shlex.quote(str(self.run_dir / 'final'))}",
+            f"touch {shlex.quote(str(self.run_dir / 'done'))}",
+        ]
+        return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- value formatting
+def hydra_value(v: Any) -> str:
+    """A Python value as a Hydra override value (null, true/false, numbers, [a,b], quoted odd strings)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(hydra_value(x) for x in v) + "]"
+    s = str(v)
+    # Hydra's grammar takes bare [A-Za-z0-9_-./:@]; anything else (e.g. the `~` of run folders) is quoted
+    if s and all(c.isalnum() or c in "_-./:@" for c in s) and s.lower() not in ("null", "true", "false"):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _merge(base: dict, over: Optional[dict]) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = copy.deepcopy(v)
+    return out
+
+
+def _settings(cfg, scale: str) -> VerlSettings:
+    raw = _merge(cfg.raw.get("verl") or {}, (cfg.scales[scale].get("verl") or {}))
+    known = {f.name for f in dataclasses.fields(VerlSettings)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ValueError(f"verl settings: unknown key(s) {unknown}; known: {sorted(known)}")
+    s = VerlSettings(**raw)
+    if s.topk_fallback not in ("binary", "error"):
+        raise ValueError(f"verl.topk_fallback must be 'binary' or 'error', got {s.topk_fallback!r}")
+    if s.rollout_engine not in ("vllm", "sglang"):
+        raise ValueError(f"verl.rollout_engine must be 'vllm' or 'sglang', got {s.rollout_engine!r}")
+    return s
+
+
+def resolve(cfg, method: str, scale: str, seed: int, setting: Optional[str] = None):
+    """The RunConfig of the run with `scales.<s>.rl` and `scales.<s>.methods.<m>` merged in."""
+    from cppo.config import resolve_run
+
+    if scale not in cfg.scales:
+        raise ValueError(f"unknown scale {scale!r}; scales of this profile: {sorted(cfg.scales)}")
+    sc = cfg.scales[scale]
+    methods = copy.deepcopy(cfg.methods)
+    for m, over in (sc.get("methods") or {}).items():
+        if m not in methods:
+            raise ValueError(f"scales.{scale}.methods: unknown method {m!r}; methods: {sorted(methods)}")
+        methods[m] = _merge(methods[m], over)
+    scaled = dataclasses.replace(cfg, rl=_merge(cfg.rl, sc.get("rl")), methods=methods)
+    return resolve_run(scaled, method, scale, seed, setting)
+
+
+def default_run_dir(cfg, run) -> Path:
+    """`<results_dir>/<profile>/runs/setting~<x>/method~<m>/scale~<s>/seed~<k>` (Contract 2)."""
+    return (Path(cfg.results_dir) / cfg.profile / "runs" / f"setting~{run.setting}" / f"method~{run.method.name}"
+            / f"scale~{run.scale}" / f"seed~{run.seed}")
+
+
+def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str] = None,
+                 run_dir: Optional[str | Path] = None, mlflow_run_id: Optional[str] = None,
+                 tracking_uri: Optional[str] = None) -> VerlCommand:
+    """Build the verl command of one run (pure: no files, no MLflow calls).
+
+    Args:
+        cfg: a loaded profile (`cppo.config.load_config`).
+        method, scale, seed, setting: the run.
+        run_dir: the run folder (default: Contract 2's path under the profile's results).
+        mlflow_run_id: attach verl's MLflow logger to this existing run (MLFLOW_RUN_ID).
+        tracking_uri: MLflow store (default `cppo.tracking.tracking_uri()`).
+    """
+    from cppo.integrations.verl import CONFIG_TARGET, verl_loss_name
+    from cppo.rules import get_rule
+
+    run = resolve(cfg, method, scale, seed, setting)
+    s = _settings(cfg, scale)
+    rl, ev, sc = run.rl, run.eval, cfg.scales[scale]
+    notes: list[str] = []
+    model = sc.get("hub") or sc.get("path")
+    if not model:
+        raise ValueError(f"scales.{scale}: the verl backend needs `hub` (a Hugging Face model id) or `path`")
+    if rl.prompts_per_rollout % rl.updates_per_rollout:
+        raise ValueError(f"rl.prompts_per_rollout={rl.prompts_per_rollout} is not divisible by "
+                         f"rl.updates_per_rollout={rl.updates_per_rollout} (verl mini-batches are whole prompts)")
+    mini = rl.prompts_per_rollout // rl.updates_per_rollout
+    gpus = s.nnodes * s.n_gpus_per_node
+    if (mini * rl.samples_per_prompt) % gpus:
+        notes.append(f"mini-batch of {mini * rl.samples_per_prompt} sequences does not split evenly over {gpus} GPUs")
+
+    # the rule and its parameters (top-K divergences are unavailable under verl)
+    params = dict(run.method.params)
+    rule = get_rule(run.method.rule, **params)
+    div = rule.params.get("divergence")
+    if isinstance(div, str) and div.startswith("topk"):
+        if s.topk_fallback == "error":
+            raise ValueError(f"method {method!r} uses divergence {div!r}; verl has no top-K log-probs of the "
+                             "rollout policy (set verl.topk_fallback: binary to run the binary counterpart)")
+        params["divergence"] = div.replace("topk", "binary")
+        notes.append(f"method {method!r}: divergence {div} -> {params['divergence']} (verl records no top-K "
+                     "log-probs of the rollout policy)")
+        rule = get_rule(run.method.rule, **params)
+    if "anchor" in rule.params and rule.params["anchor"] != "rollout":
+        notes.append(f"method {method!r}: anchor {rule.params['anchor']!r} is ignored under verl: with "
+                     "bypass mode old_log_prob is the rollout log-prob μ")
+
+    # absolute paths: Ray workers do not share the launching shell's working directory
+    data_dir = Path(s.data_dir if s.data_dir else Path(cfg.results_dir) / cfg.profile / "data").absolute()
+    val = s.val_sources if s.val_sources is not None else list(ev.benchmarks)
+    run_dir = Path(run_dir if run_dir else default_run_dir(cfg, run)).absolute()
+    max_tok = s.max_token_len_per_gpu or 2 * (s.max_prompt_length + rl.max_new_tokens)
+    run_name = f"{run.setting}/{run.method.name}/{scale}/seed{seed}"
+    a, r, t = "actor_rollout_ref.actor", "actor_rollout_ref.rollout", "trainer"
+    ov: list[tuple[str, Any]] = [
+        ("algorithm.adv_estimator", "grpo"),
+        ("algorithm.norm_adv_by_std_in_grpo", bool(rl.std_norm)),
+        ("algorithm.use_kl_in_reward", False),
+        ("algorithm.rollout_correction.bypass_mode", True),
+        ("algorithm.rollout_correction.rollout_is", None),
+        ("algorithm.rollout_correction.rollout_rs", None),
+        ("algorithm.filter_groups.enable", bool(s.filter_zero_variance)),
+    ]
+    if s.filter_zero_variance:
+        ov.append(("algorithm.filter_groups.metric", "reward"))
+    ov += [
+        ("data.train_files", str(data_dir / f"{s.train_source}.parquet")),
+        ("data.val_files", [str(data_dir / f"{v}.parquet") for v in val]),
+        ("data.prompt_key", "prompt"),
+        ("data.max_prompt_length", s.max_prompt_length),
+        ("data.max_response_length", rl.max_new_tokens),
+        ("data.train_batch_size", rl.prompts_per_rollout),
+        ("data.filter_overlong_prompts", True),
+        ("data.truncation", "error"),
+        ("data.seed", seed),
+        ("actor_rollout_ref.model.path", model),
+        (f"{a}.optim.lr", float(rl.lr)),
+        (f"{a}.optim.weight_decay", float(rl.weight_decay)),
+        (f"{a}.optim.betas", [float(b) for b in rl.betas]),
+        (f"{a}.optim.clip_grad", float(rl.grad_clip) if rl.grad_clip is not None else GRAD_CLIP_OFF),
+        (f"{a}.ppo_mini_batch_size", mini),
+        (f"{a}.ppo_epochs", 1),
+        (f"{a}.use_dynamic_bsz", True),
+        (f"{a}.ppo_max_token_len_per_gpu", max_tok),
+        (f"{a}.use_kl_loss", False),
+        (f"{a}.entropy_coeff", 0),
+        (f"{a}.loss_agg_mode", rl.loss_agg),
+    ]
+    if rl.loss_agg == "seq-mean-token-sum-norm":
+        ov.append((f"{a}.loss_scale_factor", rl.max_new_tokens))
+    ov += [
+        (f"{a}.policy_loss._target_", CONFIG_TARGET),
+        (f"{a}.policy_loss.loss_mode", verl_loss_name(run.method.rule)),
+    ]
+    ov += [(f"+{a}.policy_loss.rule_params.{k}", v) for k, v in params.items()]
+    ov += [
+        (f"{a}.data_loader_seed", seed),
+        (f"{a}.fsdp_config.seed", seed),
+        (f"{a}.fsdp_config.param_offload", bool(s.param_offload)),
+        (f"{a}.fsdp_config.optimizer_offload", bool(s.optimizer_offload)),
+        (f"{a}.checkpoint.save_contents",
+         ["model", "optimizer", "extra"] + (["hf_model"] if s.hf_checkpoints else [])),
+        (f"{r}.name", s.rollout_engine),
+        (f"{r}.n", rl.samples_per_prompt),
+        (f"{r}.temperature", float(rl.temperature)),
+        (f"{r}.top_p", float(rl.top_p)),
+        (f"{r}.calculate_log_probs", True),
+        (f"{r}.tensor_model_parallel_size", s.rollout_tp),
+        (f"{r}.gpu_memory_utilization", float(s.gpu_memory_utilization)),
+        (f"{r}.seed", seed),
+        (f"{r}.val_kwargs.n", ev.n),
+        (f"{r}.val_kwargs.temperature", float(ev.temperature)),
+        (f"{r}.val_kwargs.top_p", float(ev.top_p)),
+        (f"{r}.val_kwargs.do_sample", True),
+        ("reward.custom_reward_function.path", "pkg://cppo.integrations.verl"),
+        ("reward.custom_reward_function.name", "compute_score"),
+        (f"{t}.logger", ["console", "mlflow"]),
+        (f"{t}.project_name", cfg.profile),
+        (f"{t}.experiment_name", run_name),
+        (f"{t}.nnodes", s.nnodes),
+        (f"{t}.n_gpus_per_node", s.n_gpus_per_node),
+        (f"{t}.total_training_steps", rl.steps),
+        (f"{t}.total_epochs", 1000),  # the step count ends the run, not the epoch count
+        (f"{t}.save_freq", rl.save_every if rl.save_every > 0 else rl.steps),
+        (f"{t}.test_freq", rl.eval_every if rl.eval_every > 0 else rl.steps),
+        (f"{t}.val_before_train", bool(s.val_before_train)),
+        (f"{t}.default_local_dir", str(run_dir / "checkpoints")),
+        (f"{t}.resume_mode", "auto"),
+    ]
+    argv = list(ENTRYPOINT) + [f"{k}={hydra_value(v)}" for k, v in ov] + list(s.extra_overrides)
+    if tracking_uri is None:
+        from cppo.tracking import tracking_uri as _uri
+
+        tracking_uri = _uri()
+    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    if mlflow_run_id:
+        env["MLFLOW_RUN_ID"] = mlflow_run_id
+    return VerlCommand(argv=argv, env=env, run_dir=run_dir, notes=notes, settings=s)
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="profile YAML (backend: verl), e.g. config/paper.yaml")
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--scale", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--setting", default=None, help="a name under `settings` (default: none)")
+    parser.add_argument("--run-dir", default=None, help="run folder (default results/<profile>/runs/...)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted, YAML value); repeatable")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="create (or reopen) the run's MLflow child run now and attach verl to it")
+    parser.add_argument("--format", choices=("shell", "script", "json"), default="shell",
+                        help="shell: the command; script: a bash script (run, link final HF weights, done); "
+                        "json: argv/env/notes")
+    parser.add_argument("--out", default=None, help="write the output to this file instead of stdout")
+
+
+def main(args: argparse.Namespace) -> int:
+    from cppo.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+        if cfg.backend != "verl":
+            print(f"cppo verl-cmd: note: {args.config} has backend {cfg.backend!r}; generating a verl command anyway",
+                  file=sys.stderr)
+        run_id = None
+        if args.mlflow:
+            from cppo import tracking
+
+            run = resolve(cfg, args.method, args.scale, args.seed, args.setting)
+            run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, run)
+            run_id = tracking.start_child(cfg.profile, run.setting, run.method.name, run.scale, run.seed,
+                                          run.method.rule, run.to_dict(), run_dir)
+        cmd = verl_command(cfg, args.method, args.scale, args.seed, args.setting, run_dir=args.run_dir,
+                           mlflow_run_id=run_id)
+    except (ConfigError, ValueError) as e:
+        print(f"cppo verl-cmd: {e}", file=sys.stderr)
+        return 2
+    for n in cmd.notes:
+        print(f"cppo verl-cmd: note: {n}", file=sys.stderr)
+    if args.format == "json":
+        text = json.dumps({"argv": cmd.argv, "env": cmd.env, "notes": cmd.notes, "run_dir": str(cmd.run_dir),
+                           "verl": VERL_PIP}, indent=1) + "\n"
+    elif args.format == "script":
+        text = cmd.script()
+    else:
+        text = "".join(f"# NOTE: {n}\n" for n in cmd.notes) + cmd.shell() + "\n"
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        if args.format == "script":
+            Path(args.out).chmod(0o755)
+    else:
+        sys.stdout.write(text)
+    return 0

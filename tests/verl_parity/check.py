@@ -1,0 +1,247 @@
+"""Parity of cppo-bench rules with verl 0.9.1, run inside .venv-verl (scripts/bootstrap-verl).
+
+    .venv-verl/bin/python tests/verl_parity/check.py [--out results.json]
+
+Prints one JSON object {"verl_version", "discovered", "checks": {name: {ok, max_diff, detail}}} and
+exits 1 when a check fails. tests/test_verl_parity.py runs it from the main suite and turns each check
+into its own test item.
+
+Checks, all on fixed random inputs (seeded, float64, ragged lengths, a length-1 row, a zero-advantage
+row, finite junk on padding):
+- discovery: importing verl alone (entry-point group `verl.plugins`) registers our losses.
+- ppo_clip/<agg>: our `ppo_clip` (ε_low 0.2, ε_high 0.28, dual clip 3, anchor old) + our
+  `aggregate_loss` against verl's `compute_policy_loss_vanilla` (+ its `agg_loss`). The gradient with
+  respect to log π must agree everywhere. Loss *values* agree when no token is clipped (checked on an
+  in-band batch); on clipped tokens our contract sets the loss to 0 where verl keeps the constant
+  clipped branch (same gradient), so values are compared on the in-band batch only.
+- dppo/<agg>: our `dppo` (binary TV, anchor old, δ_low 0.15, δ_high 0.2, cap 20) against verl's
+  `dppo_tv` (clip_ratio_low/high, clip_ratio_c = 20): loss values and gradients.
+- registry/<rule>: every registered rule called through verl's registry (`get_policy_loss_fn`) with a
+  real verl `FSDPActorConfig` holding our `CPPOPolicyLossConfig` gives the numbers of calling the rule
+  directly (loss value under each aggregation mode, gradient, and the metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import traceback
+
+import torch
+
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+TOL = 1e-9  # float64 throughout
+
+
+def make_inputs(seed: int, spread: float, B: int = 48, T: int = 16):
+    """(old_logp, logp, adv, mask) with ragged right padding; spread = std of log π − log π_old.
+
+    Row 0 has full length, row 1 length 1, row 2 zero advantage; other lengths are random in [1, T].
+    """
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0], lengths[1] = T, 1
+    mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T)
+    p_old = torch.rand(B, T, generator=g, dtype=torch.float64) * 0.97 + 0.02
+    old = p_old.log()
+    logp = (old + spread * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=-1e-6)
+    adv_row = torch.randn(B, generator=g, dtype=torch.float64)
+    adv_row[2] = 0.0  # a group with zero advantage
+    adv = adv_row[:, None].expand(B, T).clone()
+    # finite junk on padding: both implementations must ignore it
+    junk = ~mask
+    old[junk] = -3.0
+    logp[junk] = -0.5
+    adv[junk] = 7.0
+    return old, logp, adv, mask
+
+
+def actor_config(policy_loss, **kw):
+    from verl.workers.config import FSDPActorConfig
+
+    return FSDPActorConfig(strategy="fsdp", rollout_n=4, ppo_mini_batch_size=4, ppo_micro_batch_size_per_gpu=2,
+                           policy_loss=policy_loss, **kw)
+
+
+def verl_loss(name, cfg, old, logp, adv, mask, agg):
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    lp = logp.clone().requires_grad_(True)
+    loss, metrics = get_policy_loss_fn(name)(old_log_prob=old, log_prob=lp, advantages=adv, response_mask=mask,
+                                             loss_agg_mode=agg, config=cfg, rollout_is_weights=None)
+    loss.backward()
+    return loss.detach(), lp.grad, metrics
+
+
+def our_loss(rule, old, logp, adv, mask, agg, norm_constant=None):
+    from cppo.rules import PolicyBatch, aggregate_loss
+
+    lp = logp.clone().requires_grad_(True)
+    out = rule(PolicyBatch(logp=lp, old_logp=old, rollout_logp=old, advantages=adv, mask=mask))
+    loss = aggregate_loss(out.loss, mask, agg, norm_constant)
+    loss.backward()
+    return loss.detach(), lp.grad, out
+
+
+def diff(a, b) -> float:
+    return float((a - b).abs().max()) if torch.is_tensor(a) else abs(float(a) - float(b))
+
+
+def check_ppo_clip(agg: str) -> dict:
+    from verl.workers.config import PolicyLossConfig
+
+    from cppo.rules import get_rule
+
+    rule = get_rule("ppo_clip", eps_low=0.2, eps_high=0.28, dual_clip=3.0, anchor="old")
+    cfg = actor_config(PolicyLossConfig(loss_mode="vanilla"), clip_ratio=0.2, clip_ratio_low=0.2,
+                       clip_ratio_high=0.28, clip_ratio_c=3.0)
+    d_grad, d_val, n_clipped = 0.0, 0.0, 0
+    for seed, spread in ((0, 0.6), (1, 1.5), (2, 0.6)):  # wide batches: every clip regime occurs
+        old, logp, adv, mask = make_inputs(seed, spread)
+        _, g_v, _ = verl_loss("vanilla", cfg, old, logp, adv, mask, agg)
+        _, g_o, out = our_loss(rule, old, logp, adv, mask, agg)
+        d_grad = max(d_grad, diff(g_v, g_o))
+        n_clipped += int((mask & ~out.kept & (adv != 0)).sum())
+    # in-band batch: |log r| < 0.05 so no token is clipped -> loss values must agree too
+    old, logp, adv, mask = make_inputs(3, 0.01)
+    l_v, g_v, _ = verl_loss("vanilla", cfg, old, logp, adv, mask, agg)
+    l_o, g_o, out = our_loss(rule, old, logp, adv, mask, agg)
+    d_val = diff(l_v, l_o)
+    d_grad = max(d_grad, diff(g_v, g_o))
+    ok = d_grad < TOL and d_val < TOL and n_clipped > 0 and bool(out.kept[mask].all())
+    return {"ok": ok, "max_diff": max(d_grad, d_val),
+            "detail": f"grad diff {d_grad:.2e}, in-band value diff {d_val:.2e}, clipped tokens exercised {n_clipped}"}
+
+
+def check_dppo(agg: str) -> dict:
+    from verl.workers.config import PolicyLossConfig
+
+    from cppo.rules import get_rule
+
+    rule = get_rule("dppo", divergence="binary_tv", anchor="old", delta=0.15, delta_low=0.15, delta_high=0.2,
+                    trunc_cap=20.0)
+    cfg = actor_config(PolicyLossConfig(loss_mode="dppo_tv"), clip_ratio=0.15, clip_ratio_low=0.15,
+                       clip_ratio_high=0.2, clip_ratio_c=20.0)
+    worst, n_masked, n_capped = 0.0, 0, 0
+    for seed, spread in ((10, 0.3), (11, 1.0), (12, 3.0)):
+        old, logp, adv, mask = make_inputs(seed, spread)
+        l_v, g_v, _ = verl_loss("dppo_tv", cfg, old, logp, adv, mask, agg)
+        l_o, g_o, out = our_loss(rule, old, logp, adv, mask, agg)
+        worst = max(worst, diff(l_v, l_o), diff(g_v, g_o))
+        n_masked += int((mask & ~out.kept & (adv != 0)).sum())
+        n_capped += int((mask & ((logp - old) > math.log(20.0))).sum())
+    return {"ok": worst < TOL and n_masked > 0, "max_diff": worst,
+            "detail": f"max |loss|,|grad| diff {worst:.2e}; masked tokens exercised {n_masked}, capped {n_capped}"}
+
+
+# Non-default parameters for the round trip, chosen so that each one changes the result on the test
+# inputs (checked: the rule with its defaults must give different numbers), which proves that
+# `rule_params` reaches the rule inside verl. Divergences are binary: verl has no top-K log-probs.
+REGISTRY_PARAMS: dict[str, dict] = {
+    "pg_is": {"trunc_cap": 2.0},
+    "ppo_clip": {"eps_low": 0.1, "eps_high": 0.28, "dual_clip": 3.0},
+    "dppo": {"divergence": "binary_tv", "delta": 0.1, "trunc_cap": 5.0},
+    "trm_max": {"delta": 0.5},
+    "trm_avg": {"delta": 0.1},
+    "cispo": {"eps_high": 0.5},
+    "gspo": {"eps_low": 0.05, "eps_high": 0.1},
+    "minpro": {"clip": "hard"},
+    "cppo": {"divergence": "binary_tv", "delta": 0.2, "delta_b": 0.03, "delta_b_mode": "fixed", "w_min": 0.7},
+}
+
+
+def registry_params(rule: str) -> dict:
+    """REGISTRY_PARAMS[rule], or for a third-party rule its defaults with a binary divergence."""
+    from cppo.rules import rule_param_defaults
+
+    if rule in REGISTRY_PARAMS:
+        return dict(REGISTRY_PARAMS[rule])
+    defaults = rule_param_defaults(rule)
+    params = {}
+    if str(defaults.get("divergence", "")).startswith("topk"):
+        params["divergence"] = "binary_tv" if defaults["divergence"] == "topk_tv" else "binary_kl"
+    return params
+
+
+def _binary_defaults(rule: str) -> dict:
+    """The rule's defaults, top-K divergences replaced by their binary counterparts."""
+    from cppo.rules import rule_param_defaults
+
+    div = str(rule_param_defaults(rule).get("divergence", ""))
+    return {"divergence": div.replace("topk", "binary")} if div.startswith("topk") else {}
+
+
+def check_registry(rule_name: str) -> dict:
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from cppo.integrations.verl import CPPOPolicyLossConfig, METRIC_PREFIX, verl_loss_name
+    from cppo.rules import get_rule
+
+    params = registry_params(rule_name)
+    rule = get_rule(rule_name, **params)
+    default_rule = get_rule(rule_name, **_binary_defaults(rule_name))
+    vname = verl_loss_name(rule_name)
+    get_policy_loss_fn(vname)  # raises if not registered
+    worst, parts, params_matter, n_kept = 0.0, [], False, 0
+    for i, agg in enumerate(AGG_MODES):
+        old, logp, adv, mask = make_inputs(20 + i, 0.35)
+        scale = 16 if agg == "seq-mean-token-sum-norm" else None  # a fixed constant, as in the paper scripts
+        cfg = actor_config(CPPOPolicyLossConfig(loss_mode=vname, rule_params=params), loss_scale_factor=scale)
+        l_v, g_v, m_v = verl_loss(vname, cfg, old, logp, adv, mask, agg)
+        l_o, g_o, out = our_loss(rule, old, logp, adv, mask, agg, norm_constant=scale)
+        d_m = max((abs(m_v[METRIC_PREFIX + k] - v) for k, v in out.metrics.items()), default=0.0)
+        worst = max(worst, diff(l_v, l_o), diff(g_v, g_o), d_m)
+        l_d, g_d, _ = our_loss(default_rule, old, logp, adv, mask, agg, norm_constant=scale)
+        params_matter |= diff(l_d, l_o) > 1e-6 or diff(g_d, g_o) > 1e-6
+        n_kept += int((out.kept & mask & (adv != 0)).sum())
+        parts.append(f"{agg}: loss {float(l_o):+.4f}")
+    ok = worst < TOL and n_kept > 0 and (params_matter or not params)
+    return {"ok": ok, "max_diff": worst,
+            "detail": f"params {params} (change the result: {params_matter}); kept tokens {n_kept}; " + ", ".join(parts)}
+
+
+def run_all() -> dict:
+    import verl
+    import verl.trainer.ppo.core_algos as core_algos
+
+    # before importing cppo.integrations.verl ourselves: what did verl's plugin discovery register?
+    discovered = sorted(k for k in core_algos.POLICY_LOSS_REGISTRY if k == "cppo" or k.startswith("cppo_"))
+
+    from cppo.integrations.verl import verl_loss_name
+    from cppo.rules import list_rules
+
+    rules = list_rules()
+    checks: dict[str, dict] = {}
+    expected = sorted(verl_loss_name(r) for r in rules)
+    checks["discovery"] = {"ok": discovered == expected, "max_diff": 0.0,
+                           "detail": f"registered by entry point: {discovered}; expected {expected}"}
+    jobs = [(f"ppo_clip/{a}", check_ppo_clip, a) for a in AGG_MODES]
+    jobs += [(f"dppo/{a}", check_dppo, a) for a in AGG_MODES]
+    jobs += [(f"registry/{r}", check_registry, r) for r in rules]
+    for name, fn, arg in jobs:
+        try:
+            checks[name] = fn(arg)
+        except Exception as e:  # one broken rule must not hide the others
+            checks[name] = {"ok": False, "max_diff": None,
+                            "detail": f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"}
+    return {"verl_version": verl.__version__, "torch_version": torch.__version__, "discovered": discovered,
+            "checks": checks}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", help="also write the JSON result to this file")
+    args = ap.parse_args()
+    res = run_all()
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0 if all(c["ok"] for c in res["checks"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
