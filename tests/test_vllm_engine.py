@@ -197,3 +197,47 @@ def test_engine_glue_with_a_fake_vllm(monkeypatch):
     with pytest.warns(UserWarning, match="top_p"):
         eng.generate(["3"], 1, 5, 1.0, 0.9, None, None)
     eng.close()
+
+
+def _fake_vllm(monkeypatch, llm_cls):
+    fake = types.ModuleType("vllm")
+    fake.__version__ = "0.0-fake"
+    fake.LLM = llm_cls
+    fake.SamplingParams = lambda **kw: NS(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_weight_sync_through_apply_model(monkeypatch):
+    """Newer vLLM without the in-process attribute chain: weights go through LLM.apply_model."""
+    from cppo.models import build_model, build_tokenizer
+
+    class ApplyModelLLM(_FakeLLM):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            del self.llm_engine
+
+        def apply_model(self, fn):
+            return [fn(self.model)]
+
+    _fake_vllm(monkeypatch, ApplyModelLLM)
+    tok = build_tokenizer()
+    model = build_model("xs", tok, seed=0)
+    eng = VLLMEngine(model, tok)
+    eng.sync_weights(model.state_dict())
+    assert set(eng.llm.model.loaded) == set(model.state_dict())
+    eng.close()
+
+
+def test_old_vllm_without_logprobs_mode_is_refused(monkeypatch):
+    from cppo.models import build_model, build_tokenizer
+
+    class OldLLM(_FakeLLM):
+        def __init__(self, logprobs_mode=None, **kw):
+            if logprobs_mode is not None:
+                raise TypeError("EngineArgs.__init__() got an unexpected keyword argument 'logprobs_mode'")
+
+    _fake_vllm(monkeypatch, OldLLM)
+    tok = build_tokenizer()
+    with pytest.raises(ImportError, match="0.10.2"):
+        VLLMEngine(build_model("xs", tok), tok)

@@ -174,9 +174,15 @@ class VLLMEngine:
         self._dir = tempfile.mkdtemp(prefix="cppo-vllm-")
         model.save_pretrained(self._dir)
         tokenizer.save_pretrained(self._dir)
-        self.llm = vllm.LLM(model=self._dir, tokenizer=self._dir, dtype=dtype, seed=seed,
-                            gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                            max_logprobs=max_logprobs, logprobs_mode="processed_logprobs", **llm_kwargs)
+        try:
+            self.llm = vllm.LLM(model=self._dir, tokenizer=self._dir, dtype=dtype, seed=seed,
+                                gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
+                                max_logprobs=max_logprobs, logprobs_mode="processed_logprobs", **llm_kwargs)
+        except TypeError as err:
+            if "logprobs_mode" in str(err):  # added in vLLM 0.10.2; without it log mu would be untempered
+                raise ImportError(f"the vllm engine needs vLLM >= 0.10.2 (logprobs_mode); found "
+                                  f"{getattr(vllm, '__version__', '?')}") from err
+            raise
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         return [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -217,9 +223,9 @@ class VLLMEngine:
         target = _driver_model(self.llm)
         if target is not None:
             target.load_weights(weights)
-        elif hasattr(self.llm, "apply_model"):  # worker in another process: ship the tensors
-            state = [(k, v.cpu()) for k, v in weights]
-            self.llm.apply_model(lambda m: m.load_weights(state))
+        elif hasattr(self.llm, "apply_model"):  # newer vLLM: run the load inside the worker
+            pairs = list(weights)
+            self.llm.apply_model(lambda m: m.load_weights(pairs))
         else:
             raise RuntimeError("cannot reach vLLM's model to load weights (unsupported vLLM version)")
         if hasattr(self.llm, "reset_prefix_cache"):  # cached prompt K/V were computed with the old weights
