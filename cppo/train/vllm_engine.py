@@ -179,6 +179,7 @@ class VLLMEngine:
                                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
                                 max_logprobs=max_logprobs, logprobs_mode="processed_logprobs", **llm_kwargs)
         except TypeError as err:
+            shutil.rmtree(self._dir, ignore_errors=True)
             if "logprobs_mode" in str(err):  # added in vLLM 0.10.2; without it log mu would be untempered
                 raise ImportError(f"the vllm engine needs vLLM >= 0.10.2 (logprobs_mode); found "
                                   f"{getattr(vllm, '__version__', '?')}") from err
