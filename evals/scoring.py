@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
+from typing import Any
 
 # math-verify logs every timeout with the whole (possibly megabyte-long) input: keep it quiet.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
@@ -287,7 +288,7 @@ def _worker(conn, fn: Callable, timeout_s: int) -> None:
     while True:
         try:
             msg = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):
             return
         if msg is None:
             return
@@ -315,106 +316,151 @@ class _Slot:
         self.proc.join(timeout=5)
         self.conn.close()
 
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except (BrokenPipeError, OSError):
+            pass
+        self.proc.join(timeout=1)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        self.conn.close()
 
-def score_many(
-    items: Sequence[ScoreItem],
-    workers: int | None = None,
-    timeout_s: int = DEFAULT_TIMEOUT_S,
-    hard_limit_s: float | None = None,
-    fn: Callable[[ScoreItem, int], bool] = _score_item,
-    progress: bool = False,
-) -> list[bool]:
-    """Score many answers in worker processes; a worker over ``hard_limit_s`` is killed (→ wrong).
+
+class ScorerPool:
+    """Persistent scoring workers; an answer running past ``hard_limit_s`` gets its worker killed.
+
+    Each worker scores in its own main thread, so math-verify's ``signal.alarm`` limits
+    (``timeout_s``) work there; the hard limit catches what alarms cannot interrupt (long C-level
+    sympy calls) and crashes (out of memory). A killed or crashed worker's answer is wrong and the
+    worker is replaced. Use as a context manager or call ``close()``.
 
     Args:
-        items: what to score.
-        workers: processes (default: CPU count, at most len(items)). 0 scores inline in this
-            process (main thread: math-verify's alarms only, no hard limit).
-        timeout_s: math-verify's own per-parse/compare alarm inside each worker.
-        hard_limit_s: wall-clock limit per answer after which its worker is killed and replaced
-            (default 4·timeout_s + 5: a parse of gold and prediction plus a comparison).
-        fn: the per-item scorer (module-level, so that it reaches the workers).
-        progress: show a tqdm bar.
-
-    Returns:
-        one bool per item, in order.
+        workers: processes (default: CPU count, at most 8).
+        timeout_s: math-verify's per-parse/compare alarm inside each worker.
+        hard_limit_s: wall-clock limit per answer (default 4·timeout_s + 5: two parses, a
+            comparison, slack).
+        fn: the per-item scorer ``fn(item, timeout_s) -> bool``, module-level so workers reach it.
+        start_method: multiprocessing start method (default ``fork`` where available: workers start
+            in milliseconds and inherit math-verify already imported).
     """
-    n = len(items)
-    if n == 0:
-        return []
-    if timeout_s is None or timeout_s <= 0:
-        raise ValueError(f"score_many: timeout_s must be a positive number of seconds, got {timeout_s}")
-    hard = hard_limit_s if hard_limit_s is not None else 4 * timeout_s + 5
-    workers = min(n, os.cpu_count() or 1) if workers is None else min(workers, n)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=n, desc="scoring", unit="ans")
-    if workers <= 0:
-        out = []
-        for it in items:
-            out.append(bool(fn(it, timeout_s)))
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        return out
+    def __init__(self, workers: int | None = None, timeout_s: int = DEFAULT_TIMEOUT_S, hard_limit_s: float | None = None,
+                 fn: Callable[[Any, int], bool] = _score_item, start_method: str | None = None):
+        if timeout_s is None or timeout_s <= 0:
+            raise ValueError(f"ScorerPool: timeout_s must be a positive number of seconds, got {timeout_s}")
+        self.workers = max(1, workers if workers is not None else min(os.cpu_count() or 1, 8))
+        self.timeout_s = int(timeout_s)
+        self.hard_limit_s = hard_limit_s if hard_limit_s is not None else 4 * timeout_s + 5
+        self.fn = fn
+        method = start_method or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        self._ctx = mp.get_context(method)
+        self._slots: list[_Slot] = []
+        self.killed = 0
+        """answers whose worker was killed at the hard limit (or crashed), over the pool's life"""
 
-    # fork: workers start in milliseconds and inherit math-verify already imported.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    results: list[bool | None] = [None] * n
-    pending = list(range(n - 1, -1, -1))  # a stack, popped from the end → submitted in order
-    slots = [_Slot(ctx, fn, timeout_s) for _ in range(workers)]
-    try:
+    def __enter__(self) -> ScorerPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _new_slot(self) -> _Slot:
+        return _Slot(self._ctx, self.fn, self.timeout_s)
+
+    def close(self) -> None:
+        for s in self._slots:
+            s.stop()
+        self._slots = []
+
+    def score(self, items: Sequence[Any], progress: bool = False) -> list[bool]:
+        """One bool per item, in order (wrong where the worker hung past the hard limit)."""
+        n = len(items)
+        if n == 0:
+            return []
+        while len(self._slots) < min(self.workers, n):
+            self._slots.append(self._new_slot())
+        slots = self._slots
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=n, desc="scoring", unit="ans")
+        results: list[bool | None] = [None] * n
+        pending = list(range(n - 1, -1, -1))  # a stack popped from the end: submitted in order
         done = 0
-        while done < n:
-            for k, s in enumerate(slots):  # hand out work
-                if s.task is None and pending:
-                    idx = pending.pop()
-                    try:
-                        s.conn.send((idx, items[idx]))
-                    except (BrokenPipeError, OSError):  # a dead worker: replace it, retry the task
+        try:
+            while done < n:
+                for k in range(len(slots)):  # hand out work
+                    s = slots[k]
+                    if s.task is None and pending:
+                        idx = pending.pop()
+                        try:
+                            s.conn.send((idx, items[idx]))
+                        except (BrokenPipeError, OSError):  # a dead worker: replace it, resend
+                            s.kill()
+                            slots[k] = s = self._new_slot()
+                            s.conn.send((idx, items[idx]))
+                        s.task, s.deadline = idx, time.monotonic() + self.hard_limit_s
+                busy = [s for s in slots if s.task is not None]
+                ready = wait([s.conn for s in busy], timeout=max(0.0, min(s.deadline for s in busy) - time.monotonic()))
+                for k in range(len(slots)):
+                    s = slots[k]
+                    if s.task is None:
+                        continue
+                    if s.conn in ready:
+                        try:
+                            idx, ok = s.conn.recv()
+                        except (EOFError, OSError):  # crashed (e.g. out of memory): wrong, new worker
+                            idx, ok = s.task, False
+                            self.killed += 1
+                            s.kill()
+                            slots[k] = self._new_slot()
+                        results[idx] = ok
+                    elif time.monotonic() >= s.deadline:  # hung past the hard limit: kill → wrong
+                        results[s.task] = False
+                        self.killed += 1
                         s.kill()
-                        slots[k] = s = _Slot(ctx, fn, timeout_s)
-                        s.conn.send((idx, items[idx]))
-                    s.task, s.deadline = idx, time.monotonic() + hard
-            busy = [s for s in slots if s.task is not None]
-            now = time.monotonic()
-            ready = wait([s.conn for s in busy], timeout=max(0.0, min(s.deadline for s in busy) - now))
-            for k, s in enumerate(slots):
-                if s.task is None:
-                    continue
-                if s.conn in ready:
-                    try:
-                        idx, ok = s.conn.recv()
-                    except (EOFError, OSError):  # crashed (e.g. out of memory): wrong, new worker
-                        idx, ok = s.task, False
-                        s.kill()
-                        slots[k] = _Slot(ctx, fn, timeout_s)
-                    results[idx] = ok
-                elif time.monotonic() >= s.deadline:  # hung past the hard limit: kill → wrong
-                    results[s.task] = False
-                    s.kill()
-                    slots[k] = _Slot(ctx, fn, timeout_s)
-                else:
-                    continue
-                slots[k].task = None
-                done += 1
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        for s in slots:
-            try:
-                s.conn.send(None)
-            except (BrokenPipeError, OSError):
-                pass
-        for s in slots:
-            s.proc.join(timeout=1)
-            if s.proc.is_alive():
-                s.proc.kill()
-                s.proc.join(timeout=5)
-            s.conn.close()
-        if bar is not None:
-            bar.close()
-    return [bool(r) for r in results]
+                        slots[k] = self._new_slot()
+                    else:
+                        continue
+                    slots[k].task = None
+                    done += 1
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException:  # interrupted mid-batch: workers hold stale tasks, start afresh next time
+            self.close()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        return [bool(r) for r in results]
+
+
+def score_many(items: Sequence[ScoreItem], workers: int | None = None, timeout_s: int = DEFAULT_TIMEOUT_S,
+               hard_limit_s: float | None = None, fn: Callable[[Any, int], bool] = _score_item,
+               progress: bool = False) -> list[bool]:
+    """Score many answers in a throw-away :class:`ScorerPool` (see there for the arguments).
+
+    ``workers=0`` scores inline in this process instead (math-verify's alarms only, no hard limit).
+    """
+    if workers == 0:
+        return [bool(fn(it, timeout_s)) for it in items]
+    with ScorerPool(workers=min(workers or os.cpu_count() or 1, max(1, len(items))), timeout_s=timeout_s,
+                    hard_limit_s=hard_limit_s, fn=fn) as pool:
+        return pool.score(items, progress=progress)
+
+
+_SHARED: ScorerPool | None = None
+
+
+def shared_pool() -> ScorerPool:
+    """A process-wide pool with default settings (created on first use, closed at exit)."""
+    global _SHARED
+    if _SHARED is None:
+        import atexit
+
+        _SHARED = ScorerPool()
+        atexit.register(_SHARED.close)
+    return _SHARED
