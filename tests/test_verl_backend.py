@@ -183,6 +183,11 @@ def test_cli_script_and_json(tmp_path, capsys):
     assert f"{tmp_path / 'run' / 'checkpoints'}/global_step_${{step}}/actor/huggingface" in text
     assert f"touch {tmp_path / 'run' / 'done'}" in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
+    assert "ray start" not in text  # one node: verl starts its own local Ray
+    multi = _cmd(cfg_multi := load_config(FIXTURE, FIXED), "cppo", "qwen3_30b_a3b_base").script()
+    assert cfg_multi.scales["qwen3_30b_a3b_base"]["verl"]["nnodes"] == 4
+    assert 'this run needs 4 nodes' in multi and "ray start --head" in multi and 'nodes[@]:1:3' in multi
+    assert multi.index('export RAY_ADDRESS=') < multi.index("-m verl.trainer.main_ppo")
     rc = main(["verl-cmd", str(FIXTURE), "--method", "grpo", "--scale", "qwen3_8b_base", "--seed", "1",
                "--format", "json", "--set", "verl.data_dir=/d"])
     assert rc == 0
