@@ -189,13 +189,20 @@ def test_engine_glue_with_a_fake_vllm(monkeypatch):
     eng.generate(["3"], 1, 5, 1.0, 1.0, None, torch.Generator().manual_seed(0))
     assert eng.llm.last[1].seed == params.seed and eng.llm.last[1].logprobs == 0
 
+    # no sync_weights came between the two generate calls: the second one loaded the live model first
+    assert eng.llm.prefix_resets == 1 and set(eng.llm.model.loaded) == set(model.state_dict())
     with torch.no_grad():
         model.model.norm.weight.add_(1.0)
     eng.sync_weights(model)
     assert torch.equal(eng.llm.model.loaded["model.norm.weight"], model.model.norm.weight)
-    assert eng.llm.prefix_resets == 1
+    assert eng.llm.prefix_resets == 2
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    stale["model.norm.weight"] -= 1.0
+    eng.sync_weights(stale)  # an explicit (stale) state dict is what the next rollout uses
     with pytest.warns(UserWarning, match="top_p"):
         eng.generate(["3"], 1, 5, 1.0, 0.9, None, None)
+    assert eng.llm.prefix_resets == 3
+    assert torch.equal(eng.llm.model.loaded["model.norm.weight"], stale["model.norm.weight"])
     eng.close()
 
 

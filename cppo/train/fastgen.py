@@ -413,10 +413,14 @@ class FastHFEngine:
         model, tokenizer: the trainer's model. By default it is used in place: weights updated by the
             optimizer are seen by the next rollout, also by a captured CUDA graph, since parameters are
             updated in place.
-        copy_model: keep a private copy, updated by `sync_weights` (needed for stale rollouts).
+        copy_model: keep a private copy (needed for stale rollouts).
         rollout_dtype: e.g. "bfloat16": roll out from a private copy in that dtype (mu then differs from
             pi_old by precision, as with a separate inference engine). Implies a copy.
         cuda_graph, bucket, check_every, compile_step: see `FastDecoder`.
+
+    A private copy is filled by `sync_weights` (the trainer's stale weights, say); when no `sync_weights`
+    came since the last `generate`, the copy is first refreshed from the live trainer model, so a trainer
+    that never syncs (fresh rollouts) still samples with its current weights.
     """
 
     name = "hf_fast"
@@ -426,7 +430,8 @@ class FastHFEngine:
                  compile_step: bool = False):
         self.tokenizer = tokenizer
         dtype = getattr(torch, rollout_dtype) if isinstance(rollout_dtype, str) else rollout_dtype
-        self.model = model
+        self.model = self.source = model
+        self._synced = True  # the copy starts equal to the source
         if copy_model or dtype is not None:
             import copy
 
@@ -446,6 +451,9 @@ class FastHFEngine:
                  topk: int | None, generator: torch.Generator | None):
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
+        if not self._synced:
+            self.sync_weights(self.source)
+        self._synced = False
         prompt_ids = [ids for ids in self.encode(prompts) for _ in range(n)]  # each prompt n times, grouped
         ids, mask = left_pad(prompt_ids, self.pad_id)
         was_training = self.model.training
@@ -472,6 +480,7 @@ class FastHFEngine:
     def sync_weights(self, model_or_state) -> None:
         """Load weights from a model or a state dict: a no-op when the engine uses the trainer's model
         itself, else an in-place copy (in place, so that a captured CUDA graph keeps pointing at them)."""
+        self._synced = True
         if model_or_state is self.model:
             return
         src = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()

@@ -146,7 +146,9 @@ class VLLMEngine:
     Args:
         model, tokenizer: the trainer's model and tokenizer; they are saved once to a temporary folder that
             vLLM loads, then kept in step with `sync_weights` (vLLM always holds its own copy, so
-            `copy_model` is accepted for interface parity and has no effect).
+            `copy_model` is accepted for interface parity and has no effect). When no `sync_weights` came
+            since the last `generate`, the engine loads the live trainer model's weights first, so a trainer
+            that never syncs (fresh rollouts) still samples with its current weights.
         gpu_memory_utilization: fraction of GPU memory vLLM may take (the trainer needs the rest).
         dtype: vLLM's compute dtype ("bfloat16" as in production RL stacks; "float32" to reduce mu != pi).
         max_logprobs: upper bound on K that vLLM will serve.
@@ -164,6 +166,8 @@ class VLLMEngine:
             raise RuntimeError("the vllm engine needs a CUDA GPU; use the `hf` or `hf_fast` engine on CPU")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.tokenizer = tokenizer
+        self.source = model
+        self._synced = True  # vLLM starts from the saved copy of the source
         self._warned_top_p = False
         self.device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
@@ -205,6 +209,9 @@ class VLLMEngine:
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, top_p: float,
                  topk: int | None, generator: torch.Generator | None):
+        if not self._synced:
+            self.sync_weights(self.source)
+        self._synced = False
         encoded = self.encode(prompts)
         params = self.sampling_params(n, max_new_tokens, temperature, top_p, topk, generator)
         results = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
@@ -219,6 +226,7 @@ class VLLMEngine:
     def sync_weights(self, model_or_state) -> None:
         """Load a model's (or a state dict's) weights into vLLM's model (vLLM renames/fuses them in its
         `load_weights`)."""
+        self._synced = True
         state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
         weights: Iterable[tuple[str, torch.Tensor]] = ((k, v.detach()) for k, v in state.items())
         target = _driver_model(self.llm)
