@@ -23,7 +23,7 @@ import torch
 
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
-from cppo.rules.gate import policy_terms
+from cppo.rules.gate import masked_coef, policy_terms
 from cppo.rules.registry import param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
@@ -47,7 +47,8 @@ class CISPOParams:
                summary="no masking; detached IS weight clipped to [1−ε_low, 1+ε_high]")
 def cispo(batch: PolicyBatch, p: CISPOParams) -> RuleOutput:
     mask = batch.mask
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
     with torch.no_grad():
         lr = log_ratio.detach()
         lo = -math.inf if p.eps_low is None else math.log1p(-p.eps_low)
@@ -55,5 +56,5 @@ def cispo(batch: PolicyBatch, p: CISPOParams) -> RuleOutput:
         weight = lr.clamp(lo, hi).exp()  # clip(ρ, 1 − ε_low, 1 + ε_high), (B, T)
         kept = mask & (weight > 0)
         limited = mask & ((lr < lo) | (lr > hi))
-    loss = torch.where(kept, -weight * adv * logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited), limited=limited)
+    loss = masked_coef(kept, adv, weight) * logp  # −sg(clip(ρ)) Â log π
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited, terms=terms), limited=limited)

@@ -54,8 +54,9 @@ class DPPOParams:
 @register_rule("dppo", DPPOParams, paper="Qi et al. 2026, arXiv 2602.04879",
                summary="mask tokens failing the advantage gate whose divergence D_t exceeds δ")
 def dppo(batch: PolicyBatch, p: DPPOParams) -> RuleOutput:
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
-    div = token_divergence(batch, p.divergence, p.anchor)  # (B, T), no grad
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
+    div = token_divergence(batch, p.divergence, p.anchor, terms)  # (B, T), no grad
     with torch.no_grad():
         lr = log_ratio.detach()
         hi = p.delta if p.delta_high is None else p.delta_high
@@ -63,4 +64,4 @@ def dppo(batch: PolicyBatch, p: DPPOParams) -> RuleOutput:
         thr = torch.where(lr > 0, hi, lo) if hi != lo else hi
         kept = batch.mask & (advantage_gate(adv, lr) | (div <= thr))  # (B, T)
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap)
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, div=div), div=div)
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, div=div, terms=terms), div=div)

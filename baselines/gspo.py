@@ -21,7 +21,7 @@ import torch
 
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
-from cppo.rules.gate import policy_terms
+from cppo.rules.gate import masked_coef, policy_terms
 from cppo.rules.registry import param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
@@ -43,12 +43,13 @@ class GSPOParams:
                summary="length-normalised sequence ratio, clipped per sequence")
 def gspo(batch: PolicyBatch, p: GSPOParams) -> RuleOutput:
     mask = batch.mask
-    adv, _, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    terms = policy_terms(batch, p.anchor)
+    adv, log_ratio = terms.adv, terms.log_ratio  # (B, T)
     n_tok = mask.sum(dim=1, keepdim=True).clamp_min(1)  # (B, 1)
     log_s = (log_ratio.detach().sum(dim=1, keepdim=True) / n_tok)  # (B, 1) log s_i
     log_s_tok = log_s + log_ratio - log_ratio.detach()  # (B, T): value log s_i, gradient ∇log π_t
     with torch.no_grad():
         clipped = ((adv > 0) & (log_s > math.log1p(p.eps_high))) | ((adv < 0) & (log_s < math.log1p(-p.eps_low)))
         kept = mask & ~clipped
-    loss = torch.where(kept, -adv * log_s_tok.exp(), torch.zeros((), dtype=adv.dtype, device=adv.device))
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept))
+    loss = masked_coef(kept, adv) * log_s_tok.exp()  # −Â s_i,t on kept sequences
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, terms=terms))

@@ -32,7 +32,7 @@ import torch
 
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
-from cppo.rules.gate import policy_terms
+from cppo.rules.gate import masked_coef, policy_terms
 from cppo.rules.registry import param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
@@ -64,10 +64,10 @@ def log_prefix_min(log_ratio: Tensor, mask: Tensor) -> Tensor:
                summary="weight = (min preceding ratio) × own ratio, clipped (soft or hard)")
 def minpro(batch: PolicyBatch, p: MinPROParams) -> RuleOutput:
     mask = batch.mask
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
     log_w = log_prefix_min(log_ratio, mask) + log_ratio  # (B, T) log w_t; gradient only through ρ_t
     lo, hi = math.log1p(-p.eps_low), math.log1p(p.eps_high)
-    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     with torch.no_grad():
         lw = log_w.detach()
         if p.clip == "soft":
@@ -78,7 +78,7 @@ def minpro(batch: PolicyBatch, p: MinPROParams) -> RuleOutput:
             kept = mask & ~(((adv > 0) & (lw > hi)) | ((adv < 0) & (lw < lo)))
             limited = mask & ~kept
     if p.clip == "soft":
-        loss = torch.where(kept, -weight * adv * logp, zero)
+        loss = masked_coef(kept, adv, weight) * logp  # −sg(clip(w)) Â log π
     else:
-        loss = torch.where(kept, -adv * log_w.exp(), zero)
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited), limited=limited)
+        loss = masked_coef(kept, adv) * log_w.exp()  # −Â w on kept tokens
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited, terms=terms), limited=limited)

@@ -38,9 +38,10 @@ class PGISParams:
 @register_rule("pg_is", PGISParams, paper="importance-weighted policy gradient (no trust region)",
                summary="−Â ρ on every token; optional truncation cap")
 def pg_is(batch: PolicyBatch, p: PGISParams) -> RuleOutput:
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T) each
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T) each
     kept = batch.mask.clone()  # every response token gets gradient
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap)
     # "limited": the tokens whose weight the cap reduced
     limited = kept & (log_ratio > math.log(p.trunc_cap)) if p.trunc_cap is not None else kept & False
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited), limited=limited)
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited, terms=terms), limited=limited)

@@ -28,7 +28,7 @@ import torch
 
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
-from cppo.rules.gate import policy_terms
+from cppo.rules.gate import masked_coef, policy_terms
 from cppo.rules.registry import param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
@@ -52,7 +52,8 @@ class PPOClipParams:
 @register_rule("ppo_clip", PPOClipParams, paper="Schulman et al. 2017 (PPO); GRPO; DAPO clip-higher",
                summary="ratio clipped to [1−ε_low, 1+ε_high] against π_old; optional dual clip")
 def ppo_clip(batch: PolicyBatch, p: PPOClipParams) -> RuleOutput:
-    adv, _, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    terms = policy_terms(batch, p.anchor)
+    adv, log_ratio = terms.adv, terms.log_ratio  # (B, T)
     with torch.no_grad():
         lr = log_ratio.detach()
         clipped = ((adv > 0) & (lr > math.log1p(p.eps_high))) | ((adv < 0) & (lr < math.log1p(-p.eps_low)))
@@ -60,5 +61,5 @@ def ppo_clip(batch: PolicyBatch, p: PPOClipParams) -> RuleOutput:
             clipped |= (adv < 0) & (lr > math.log(p.dual_clip))
         kept = batch.mask & ~clipped  # (B, T)
     ratio = log_ratio.exp()  # (B, T)
-    loss = torch.where(kept, -adv * ratio, torch.zeros((), dtype=ratio.dtype, device=ratio.device))
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept))
+    loss = masked_coef(kept, adv) * ratio  # −Â r on kept tokens (the unclipped branch is active there)
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, terms=terms))

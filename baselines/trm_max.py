@@ -51,19 +51,20 @@ class TRMMaxParams:
 def trm_rule(batch: PolicyBatch, p, reduce: str) -> RuleOutput:
     """Sequence-level KL masking with `reduce` = "max" or "mean" over response tokens."""
     mask = batch.mask
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
     with torch.no_grad():
         if p.kl == "k3":
-            kl = torch.where(mask, k3(log_ratio.detach()), 0.0)  # (B, T)
+            kl = k3(log_ratio.detach())  # (B, T); log ratio = 0 on padding, so k3 = 0
         else:
-            kl = token_divergence(batch, "topk_kl", p.anchor)
+            kl = token_divergence(batch, "topk_kl", p.anchor, terms)
         if reduce == "max":
             stat = kl.amax(dim=1)  # KL ≥ 0, so zeros on padding never win  # (B,)
         else:
             stat = kl.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
         kept = mask & (stat <= p.delta).unsqueeze(1)  # (B, T)
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap)
-    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, div=kl), div=kl)
+    return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, div=kl, terms=terms), div=kl)
 
 
 @register_rule("trm_max", TRMMaxParams, paper="Li et al. 2025, arXiv 2512.23075",

@@ -14,6 +14,8 @@ from cppo.rules.cppo import CPPOParams, position_weights
 from cppo.rules.divergence import token_divergence
 from cppo.rules.testing import random_batch
 
+F64 = torch.float64
+
 
 def reference_cppo(batch: PolicyBatch, p: dict):
     """Algorithm 1 written as loops over rows and positions (float64, numpy); returns (kept, weight, loss_grad).
@@ -151,9 +153,27 @@ def test_cppo_p90_calibration_by_hand():
     assert prefix_delta_b(div, mask, CPPOParams(delta_b=0.02)).item() == pytest.approx(0.04)
     assert prefix_delta_b(div, mask, CPPOParams(delta_b=1.0)).item() == pytest.approx(1.0)
     assert prefix_delta_b(div, mask, CPPOParams(delta_b=0.5, delta_b_mode="fixed")) == 0.5
-    # padding is excluded from the percentile
+    # padding is excluded from the percentile (D is 0 there, as token_divergence returns it)
     mask[0, 5:] = False
+    div[0, 5:] = 0.0
     assert prefix_delta_b(div, mask, CPPOParams(delta_b=0.3)).item() == pytest.approx(0.36)
+
+
+def test_cppo_p90_matches_numpy_in_every_regime():
+    from cppo.rules.cppo import prefix_delta_b
+
+    g = torch.Generator().manual_seed(0)
+    div = torch.rand(40, 33, generator=g, dtype=F64) ** 3  # skewed, many small values
+    mask = torch.arange(33).unsqueeze(0) < torch.randint(0, 34, (40, 1), generator=g)
+    div = div * mask
+    for delta_b in (0.001, 0.05, 0.2, 0.4, 2.0):  # all rows above, mixed, all below the band
+        got = prefix_delta_b(div, mask, CPPOParams(delta_b=delta_b))
+        for r in range(40):
+            vals = div[r][mask[r]].numpy()
+            if len(vals) == 0:
+                continue
+            want = min(2 * delta_b, max(delta_b, float(np.percentile(vals, 90))))
+            assert got[r, 0].item() == pytest.approx(want, rel=1e-12, abs=1e-15), (delta_b, r)
 
 
 def test_cppo_equals_dppo_with_flat_weights_and_huge_budget():

@@ -37,6 +37,7 @@ models (0.015 fixed for post-trained), w_min = 0.8, top-K TV with K = 20, C = 20
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -85,41 +86,81 @@ class CPPOParams:
         return self.divergence.startswith("topk")
 
 
-def position_weights(mask: Tensor, p: CPPOParams, dt: torch.dtype = torch.float32) -> Tensor:
-    """w_t on response tokens, 0 on padding; (B, T). t counts response tokens (1-based in the formula)."""
+def position_weights(mask: Tensor, p: CPPOParams, dt: torch.dtype = torch.float32,
+                     mask_f: Optional[Tensor] = None) -> Tensor:
+    """w_t = 1 − (1 − w_min)(t − 1)/(T − 1) on response tokens, 0 on padding; (B, T).
+
+    t counts response tokens only (1-based), so left and right padding give the same weights.
+    `mask_f` is the mask as floats of dtype `dt`, when the caller already has it.
+    """
+    mask_f = mask.to(dt) if mask_f is None else mask_f
     if p.ablation == "no_position_weight" or p.w_min == 1.0:
-        return mask.to(dt)
-    idx = mask.long().cumsum(dim=1) - 1  # (B, T): t − 1
+        return mask_f
     if p.ablation == "shuffled_weights":
         # a seeded random permutation of the positions 0..L−1 within each row
         gen = torch.Generator(device=mask.device).manual_seed(p.shuffle_seed)
         keys = torch.rand(mask.shape, generator=gen, device=mask.device)
         keys = torch.where(mask, keys, 2.0)  # padding sorts last
-        idx = keys.argsort(dim=1).argsort(dim=1)  # rank among the row's response tokens
-    if p.horizon == "response":
-        horizon = mask.sum(dim=1, keepdim=True)  # (B, 1)
+        idx = keys.argsort(dim=1).argsort(dim=1).to(dt)  # t − 1 := rank among the row's response tokens
     else:
-        horizon = torch.full((1, 1), p.max_horizon or mask.shape[1], device=mask.device)
-    w = 1.0 - (1.0 - p.w_min) * idx.to(dt) / (horizon - 1).clamp_min(1).to(dt)
-    return torch.where(mask, w.clamp_min(p.w_min), 0.0)
+        idx = mask_f.cumsum(dim=1) - 1.0  # (B, T) t − 1
+    if p.horizon == "response":
+        horizon = mask_f.sum(dim=1, keepdim=True)  # (B, 1)
+    else:
+        horizon = torch.full((1, 1), float(p.max_horizon or mask.shape[1]), dtype=dt, device=mask.device)
+    slope = (1.0 - p.w_min) / (horizon - 1.0).clamp_min(1.0)  # (B, 1) or (1, 1); T = 1 gives w_1 = 1
+    w = 1.0 - slope * idx
+    if p.horizon == "max":  # a response longer than max_horizon keeps w_min past the horizon
+        w = w.clamp_min(p.w_min)
+    return w * mask_f
 
 
 def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
-    """δ_b: the fixed value, or per sequence clamp(P90(D), δ_b, 2δ_b) as a (B, 1) tensor."""
+    """δ_b: the fixed value, or per sequence clamp(P90(D), δ_b, 2δ_b) as a (B, 1) tensor.
+
+    `div` must be ≥ 0 and 0 on padding (as `token_divergence` returns it). P90 is the linear
+    interpolation between order statistics (numpy's default) over the row's response tokens.
+
+    Cost: the clamp only needs P90 exactly when it can fall inside (δ_b, 2δ_b). Counting the values
+    above each bound decides most rows (x_(upper) ≤ δ_b ⇔ #(D > δ_b) ≤ n − 1 − upper, and
+    x_(lower) ≥ 2δ_b ⇔ #(D ≥ 2δ_b) ≥ n − lower); only when some row is undecided is a partial top-k
+    taken (only the top ⌈0.1 (T − 1)⌉ + 1 values can be involved).
+    """
     if p.delta_b_mode == "fixed":
         return p.delta_b
-    q = torch.nanquantile(torch.where(mask, div, float("nan")), 0.9, dim=1, keepdim=True)  # (B, 1)
-    return q.nan_to_num(p.delta_b).clamp(p.delta_b, 2 * p.delta_b)
+    if p.delta_b == 0:
+        return 0.0
+    lo_b, hi_b = p.delta_b, 2 * p.delta_b
+    n = mask.sum(dim=1, keepdim=True)  # (B, 1)
+    rank = 0.9 * (n - 1).clamp_min(0).to(div.dtype)  # ascending fractional rank of P90
+    lower, upper = rank.floor(), rank.ceil()
+    n_f = n.to(div.dtype)
+    at_floor = (div > lo_b).sum(dim=1, keepdim=True) <= (n_f - 1) - upper  # P90 ≤ δ_b
+    at_ceil = (div >= hi_b).sum(dim=1, keepdim=True) >= n_f - lower  # P90 ≥ 2δ_b
+    if bool((at_floor | at_ceil | (n == 0)).all()):
+        return torch.where(at_ceil, n_f.new_tensor(hi_b), n_f.new_tensor(lo_b))  # in div's dtype
+    T = div.shape[1]
+    k = min(T, math.ceil(0.1 * (T - 1)) + 1)
+    # D ≥ 0 and D = 0 on padding: padded zeros can only tie with response zeros, which leaves the
+    # values of the order statistics unchanged, so no masking is needed before the top-k
+    top = div.topk(k, dim=1).values  # (B, k) descending
+    # ascending index i is descending index n − 1 − i
+    v_lo = top.gather(1, ((n - 1) - lower.long()).clamp(0, k - 1))
+    v_hi = top.gather(1, ((n - 1) - upper.long()).clamp(0, k - 1))
+    q = v_lo + (rank - lower) * (v_hi - v_lo)
+    q = torch.where(n > 0, q, lo_b)  # an empty row has no D: fall back to δ_b
+    return q.clamp(lo_b, hi_b)
 
 
 @register_rule("cppo", CPPOParams, paper="Mao et al. 2026, arXiv 2606.10968",
                summary="position-weighted token test + cumulative prefix-divergence budget")
 def cppo(batch: PolicyBatch, p: CPPOParams) -> RuleOutput:
     mask = batch.mask
-    adv, logp, log_ratio = policy_terms(batch, p.anchor)  # (B, T)
-    div = token_divergence(batch, p.divergence, p.anchor)  # (B, T), no grad, 0 on padding
+    terms = policy_terms(batch, p.anchor)
+    adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
+    div = token_divergence(batch, p.divergence, p.anchor, terms)  # (B, T), no grad, 0 on padding
     with torch.no_grad():
-        w = position_weights(mask, p, div.dtype)  # (B, T)
+        w = position_weights(mask, p, div.dtype, terms.mask_f)  # (B, T)
         z = w * div  # Z_t
         token_ok = z <= p.delta
         gate = advantage_gate(adv, log_ratio.detach())
@@ -143,9 +184,8 @@ def cppo(batch: PolicyBatch, p: CPPOParams) -> RuleOutput:
                 x = torch.maximum(x, s / budget)
             weight = torch.where(ok, 1.0, x.reciprocal().clamp_max(1.0))  # (B, T)
             kept = mask & (weight > 0)
-        limited = mask & ~ok
-        fails_gate = mask & ~gate
-        extra = {"token_reject_frac": fails_gate & ~token_ok, "prefix_reject_frac": fails_gate & token_ok & ~passed}
+        limited = mask & ~ok  # failed the gate and (the token test or the prefix test)
+        extra = {"token_reject_frac": limited & ~token_ok, "prefix_reject_frac": limited & token_ok}
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap, weight)
-    metrics = shared_metrics(batch, kept, limited, div, extra_counts=extra)
+    metrics = shared_metrics(batch, kept, limited, div, extra_counts=extra, terms=terms)
     return RuleOutput(loss=loss, kept=kept, metrics=metrics, div=div, limited=limited)

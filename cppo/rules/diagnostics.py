@@ -48,7 +48,7 @@ def _frac(num: Tensor, den: Tensor) -> Tensor:
 
 @torch.no_grad()
 def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] = None, div: Optional[Tensor] = None,
-                   extra_counts: Optional[dict[str, Tensor]] = None) -> dict[str, float]:
+                   extra_counts: Optional[dict[str, Tensor]] = None, terms=None) -> dict[str, float]:
     """The METRIC_NAMES (plus entropy and rule extras) for one rule call, as Python floats.
 
     Args:
@@ -58,40 +58,46 @@ def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] =
         div: (B, T) the rule's D_t (zero on padding); default binary TV between π and μ.
         extra_counts: name -> (B, T) bool of eligible tokens counted for a rule-specific fraction
             (divided by the number of eligible tokens).
+        terms: the rule's `cppo.rules.gate.Terms`, to reuse its sanitised tensors.
     """
     mask = batch.mask
     dt = compute_dtype(batch.logp)
-    adv = torch.where(mask, batch.advantages.detach().to(dt), 0.0)  # (B, T)
-    logp = torch.where(mask, batch.logp.detach().to(dt), 0.0)
-    mu = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
+    if terms is not None:
+        adv, logp = terms.adv, terms.logp.detach()
+    else:
+        adv = torch.where(mask, batch.advantages.detach().to(dt), 0.0)  # (B, T)
+        logp = torch.where(mask, batch.logp.detach().to(dt), 0.0)
+    if terms is not None and terms.anchor == "rollout":
+        mu, log_rho = terms.ref_logp, terms.log_ratio.detach()
+    else:
+        mu = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
+        log_rho = (logp - mu).clamp(-20.0, 20.0)
     old = torch.where(mask, batch.old_logp.to(dt), 0.0)
     if limited is None:
         limited = mask & ~kept
     if div is None:
-        div = torch.where(mask, binary_tv(logp, mu), 0.0)
-    pos, neg = mask & (adv > 0), mask & (adv < 0)
+        div = binary_tv(logp, mu)  # both are 0 on padding, so D = 0 there
+    pos, neg = adv > 0, adv < 0  # Â is 0 on padding, so these are response tokens only
     elig = pos | neg  # (B, T)
     n_tok = mask.sum()
     n_elig = elig.sum()
     lim = limited & elig
     # a sequence is fully masked when it has eligible tokens and none of them is kept
-    elig_rows = elig.any(dim=1)  # (B,)
-    fully = elig_rows & ~(kept & elig).any(dim=1)
-    log_rho = (logp - mu).clamp(-20.0, 20.0)
-    rho = torch.where(mask, log_rho.exp(), 0.0)  # (B, T)
-    neg_inf = torch.tensor(float("-inf"), dtype=dt, device=logp.device)
-    any_tok = n_tok > 0
+    elig_rows = elig.amax(dim=1)  # (B,) any() (amax is the faster kernel on CPU)
+    fully = elig_rows & ~(kept & elig).amax(dim=1)
+    rho_all = log_rho.exp()  # (B, T); 1 on padding (log ρ = 0 there)
+    rho = rho_all * (terms.mask_f if terms is not None else mask.to(dt))
     vals = {
         "masked_frac": _frac(lim.sum(), n_elig),
         "masked_frac_pos": _frac((lim & pos).sum(), pos.sum()),
         "masked_frac_neg": _frac((lim & neg).sum(), neg.sum()),
         "seq_fully_masked_frac": _frac(fully.sum(), elig_rows.sum()),
-        "div_mean": _frac(div.to(dt).sum(), n_tok),
-        "div_max": torch.where(any_tok, torch.where(mask, div.to(dt), neg_inf).max(), 0.0),
-        "k3_pi_mu": _frac(torch.where(mask, k3(log_rho), 0.0).sum(), n_tok),
-        "k3_old_mu": _frac(torch.where(mask, k3((old - mu).clamp(-20.0, 20.0)), 0.0).sum(), n_tok),
-        "ratio_max": torch.where(any_tok, torch.where(mask, rho, neg_inf).max(), 0.0),
-        "ess": torch.where(any_tok, rho.sum().square() / (n_tok * rho.square().sum()).clamp_min(1e-30), 0.0),
+        "div_mean": _frac(div.sum(), n_tok),
+        "div_max": div.max(),  # D ≥ 0 and 0 on padding
+        "k3_pi_mu": _frac((rho_all - 1.0 - log_rho).sum(), n_tok),  # k3; 0 on padding
+        "k3_old_mu": _frac(k3((old - mu).clamp(-20.0, 20.0)).sum(), n_tok),
+        "ratio_max": rho.max(),  # ρ > 0 on response tokens, 0 on padding
+        "ess": rho.sum().square() / (n_tok * rho.square().sum()).clamp_min(1e-30),
     }
     if batch.entropy is not None:
         vals["entropy"] = _frac(torch.where(mask, batch.entropy.detach().to(dt), 0.0).sum(), n_tok)

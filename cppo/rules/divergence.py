@@ -41,14 +41,6 @@ def anchor_logp(batch: PolicyBatch, anchor: str) -> Tensor:
     raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
 
 
-def masked_log_ratio(logp: Tensor, ref_logp: Tensor, mask: Tensor) -> Tensor:
-    """log π − log ref on response tokens, 0 on padding, clamped to ±20. Keeps the gradient of `logp`."""
-    dt = compute_dtype(logp)
-    lr = logp.to(dt) - ref_logp.to(dt).detach()  # (B, T)
-    # where() before exp: padding may hold inf/nan and must not leak nan into the backward pass
-    return torch.where(mask, lr, torch.zeros((), dtype=dt, device=lr.device)).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-
-
 # ---------------------------------------------------------------------------- sample estimators
 def k1(log_r: Tensor) -> Tensor:
     """k1 = −log r (unbiased, high variance, can be negative)."""
@@ -61,8 +53,12 @@ def k2(log_r: Tensor) -> Tensor:
 
 
 def k3(log_r: Tensor) -> Tensor:
-    """k3 = r − 1 − log r ≥ 0 (unbiased for KL(μ‖π) when y ~ μ, low variance)."""
-    return torch.expm1(log_r) - log_r
+    """k3 = r − 1 − log r ≥ 0 (unbiased for KL(μ‖π) when y ~ μ, low variance).
+
+    Written with exp, not expm1: expm1 is not vectorised on CPU (≈20× slower), and the absolute
+    rounding error (≈ 1e-7 in float32) is far below any threshold or diagnostic resolution.
+    """
+    return log_r.exp() - 1.0 - log_r
 
 
 # ---------------------------------------------------------------------------- binary partitions
@@ -102,7 +98,41 @@ def topk_kl(topk_logp_pi: Tensor, topk_logp_mu: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------------- dispatch
 @torch.no_grad()
-def token_divergence(batch: PolicyBatch, kind: str, anchor: str = "rollout") -> Tensor:
+def topk_divergence(kind: str, topk_pi: Tensor, topk_ref: Tensor, rank_key: Tensor, logp_pi_t: Tensor,
+                    logp_ref_t: Tensor, in_set: Tensor) -> Tensor:
+    """Top-K TV or KL where y_t replaces the K-th entry of S when it is not in S; (B, T).
+
+    Computed without materialising the replaced (B, T, K) tensors: the sums over S are corrected by
+    removing the K-th entry's term and adding y_t's term where `in_set` is False.
+
+    Args:
+        kind: "topk_tv" or "topk_kl".
+        topk_pi, topk_ref: (B, T, K) log π and log anchor at μ's top-K ids.
+        rank_key: (B, T, K) μ's log-probs, which define the K-th (smallest) entry.
+        logp_pi_t, logp_ref_t: (B, T) log π(y_t), log anchor(y_t).
+        in_set: (B, T) bool, y_t ∈ S.
+    """
+    kth = rank_key.argmin(dim=-1, keepdim=True)  # (B, T, 1)
+    p_pi, p_ref = topk_pi.exp(), topk_ref.exp()  # (B, T, K)
+    out = ~in_set
+    kth_pi, kth_ref = p_pi.gather(-1, kth).squeeze(-1), p_ref.gather(-1, kth).squeeze(-1)  # (B, T)
+    y_pi, y_ref = logp_pi_t.exp(), logp_ref_t.exp()
+    # Σ_S π and Σ_S ref after the swap, and the rest masses
+    sum_pi = p_pi.sum(-1) + torch.where(out, y_pi - kth_pi, 0.0)
+    sum_ref = p_ref.sum(-1) + torch.where(out, y_ref - kth_ref, 0.0)
+    rest_pi, rest_ref = (1.0 - sum_pi).clamp_min(0.0), (1.0 - sum_ref).clamp_min(0.0)
+    if kind == "topk_tv":
+        head = (p_ref - p_pi).abs().sum(-1) + torch.where(out, (y_ref - y_pi).abs() - (kth_ref - kth_pi).abs(), 0.0)
+        return 0.5 * (head + (rest_ref - rest_pi).abs())
+    head = (p_ref * (topk_ref - topk_pi)).sum(-1)
+    swap = y_ref * (logp_ref_t - logp_pi_t) - kth_ref * (topk_ref.gather(-1, kth) - topk_pi.gather(-1, kth)).squeeze(-1)
+    head = head + torch.where(out, swap, 0.0)
+    tail = rest_ref * (rest_ref.clamp_min(_EPS).log() - rest_pi.clamp_min(_EPS).log())
+    return (head + tail).clamp_min(0.0)
+
+
+@torch.no_grad()
+def token_divergence(batch: PolicyBatch, kind: str, anchor: str = "rollout", terms=None) -> Tensor:
     """D_t between the anchor policy and π for every token; (B, T), no gradient, zero on padding.
 
     Args:
@@ -110,43 +140,39 @@ def token_divergence(batch: PolicyBatch, kind: str, anchor: str = "rollout") -> 
             `old_topk_logp` for anchor `old`).
         kind: one of DIVERGENCES.
         anchor: `rollout` (μ) or `old` (π_old).
+        terms: the rule's `cppo.rules.gate.Terms` for the same anchor, to reuse its sanitised log-probs.
     """
     if kind not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {kind!r}")
-    dt = compute_dtype(batch.logp)
     mask = batch.mask
-    logp_pi = torch.where(mask, batch.logp.detach().to(dt), 0.0)  # (B, T)
-    logp_ref = torch.where(mask, anchor_logp(batch, anchor).to(dt), 0.0)  # (B, T)
-    if kind == "binary_tv":
-        d = binary_tv(logp_pi, logp_ref)
-    elif kind == "binary_kl":
-        d = binary_kl(logp_pi, logp_ref)
+    if terms is not None and terms.anchor == anchor:
+        logp_pi, logp_ref = terms.logp.detach(), terms.ref_logp
+    else:
+        dt = compute_dtype(batch.logp)
+        logp_pi = torch.where(mask, batch.logp.detach().to(dt), 0.0)  # (B, T)
+        logp_ref = torch.where(mask, anchor_logp(batch, anchor).to(dt), 0.0)
+    dt = logp_pi.dtype
+    if kind == "binary_tv":  # both log-probs are 0 on padding, so D = 0 there already
+        return binary_tv(logp_pi, logp_ref)
+    if kind == "binary_kl":
+        return binary_kl(logp_pi, logp_ref)
     else:
         if not batch.has_topk:
             raise ValueError(f"divergence {kind!r} needs PolicyBatch.rollout_topk_logp and policy_topk_logp "
                              "(the rule's needs_topk is True: compute log π at μ's top-K ids)")
-        topk_mu = batch.rollout_topk_logp.detach().to(dt)  # (B, T, K)
+        topk_mu = batch.rollout_topk_logp.detach().to(dt)  # (B, T, K); padding may hold nan: only
+        topk_pi = batch.policy_topk_logp.detach().to(dt)  # padded positions see it, zeroed at the end
         if anchor == "old":
             if batch.old_topk_logp is None:
                 raise ValueError(f"divergence {kind!r} with anchor 'old' needs PolicyBatch.old_topk_logp")
             topk_ref = batch.old_topk_logp.detach().to(dt)
         else:
             topk_ref = topk_mu
-        topk_pi = batch.policy_topk_logp.detach().to(dt)
-        m3 = mask.unsqueeze(-1)
-        topk_ref = torch.where(m3, topk_ref, 0.0)  # sanitise padding (may hold -inf/nan)
-        topk_pi = torch.where(m3, topk_pi, 0.0)
         if batch.token_ids is not None and batch.rollout_topk_ids is not None:
             in_set = (batch.rollout_topk_ids == batch.token_ids.unsqueeze(-1)).any(dim=-1)  # (B, T)
         else:
-            # y_t ∈ top-K(μ) iff μ(y_t) ≥ the K-th largest μ (ties resolved as "in the set")
-            rollout = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
-            in_set = rollout >= torch.where(m3, topk_mu, 0.0).amin(dim=-1) - 1e-6
-        # the replaced slot is chosen by μ's ranking, whichever policy is the anchor
-        kth_key = torch.where(m3, topk_mu, 0.0)
-        k = kth_key.shape[-1]
-        slot = (torch.arange(k, device=kth_key.device) == kth_key.argmin(-1, keepdim=True)) & ~in_set.unsqueeze(-1)
-        topk_ref = torch.where(slot, logp_ref.unsqueeze(-1), topk_ref)
-        topk_pi = torch.where(slot, logp_pi.unsqueeze(-1), topk_pi)
-        d = topk_tv(topk_pi, topk_ref) if kind == "topk_tv" else topk_kl(topk_pi, topk_ref)
+            # y_t ∈ top-K(μ) iff μ(y_t) ≥ the K-th largest μ (ties count as "in the set")
+            rollout = logp_ref if anchor == "rollout" else torch.where(mask, batch.rollout_logp.to(dt), 0.0)
+            in_set = rollout >= topk_mu.amin(dim=-1) - 1e-6
+        d = topk_divergence(kind, topk_pi, topk_ref, topk_mu, logp_pi, logp_ref, in_set)
     return torch.where(mask, d, 0.0)

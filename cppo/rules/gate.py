@@ -12,6 +12,7 @@ a truncation cap C, −M_t Â_t sg(min(ρ_t, C)) log π_t: the same gradient whi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -22,6 +23,17 @@ from cppo.rules.types import Tensor
 def advantage_gate(advantages: Tensor, log_ratio: Tensor) -> Tensor:
     """gate_t = [Â_t (ρ_t − 1) ≤ 0]; (B, T) bool. Uses sign(log ρ) = sign(ρ − 1)."""
     return (advantages * log_ratio) <= 0
+
+
+def masked_coef(keep: Tensor, advantages: Tensor, weight: Optional[Tensor] = None) -> Tensor:
+    """The detached per-token coefficient −Â · weight, exactly 0 where `keep` is False; (B, T).
+
+    Rules multiply it into a differentiable factor (ρ, log π, ...): the loss and its gradient are then
+    exactly zero on dropped tokens, with one select instead of a select in forward and backward.
+    """
+    with torch.no_grad():
+        coef = torch.where(keep, -advantages, torch.zeros((), dtype=advantages.dtype, device=advantages.device))
+        return coef if weight is None else coef * weight
 
 
 def is_surrogate(advantages: Tensor, logp: Tensor, log_ratio: Tensor, keep: Tensor,
@@ -36,28 +48,37 @@ def is_surrogate(advantages: Tensor, logp: Tensor, log_ratio: Tensor, keep: Tens
         trunc_cap: C, or None for the uncapped form.
         weight: optional (B, T) detached extra weight (soft gates), multiplies the loss.
     """
+    coef = masked_coef(keep, advantages, weight)  # detached: exactly 0 where not kept, so is the gradient
+    if trunc_cap is not None:
+        coef = coef * log_ratio.detach().exp().clamp_max(trunc_cap)
     if trunc_cap is None:
-        loss = -advantages * log_ratio.exp()
-    else:
-        loss = -advantages * log_ratio.detach().exp().clamp_max(trunc_cap) * logp
-    if weight is not None:
-        loss = loss * weight
-    return torch.where(keep, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+        return coef * log_ratio.exp()  # −Â ρ, gradient through ρ
+    return coef * logp  # −Â sg(min(ρ, C)) log π
 
 
-def policy_terms(batch, anchor: str) -> tuple[Tensor, Tensor, Tensor]:
-    """The sanitised per-token terms every rule starts from, in float32 or wider.
+@dataclass
+class Terms:
+    """Sanitised per-token terms of one rule call (float32 or wider; zero on padding)."""
 
-    Returns:
-        adv: (B, T) Â, zero on padding (no gradient).
-        logp: (B, T) log π, zero on padding (keeps the gradient on response tokens).
-        log_ratio: (B, T) log π − log anchor, zero on padding, clamped to ±20 (keeps the gradient).
-    """
-    from cppo.rules.divergence import anchor_logp, compute_dtype, masked_log_ratio
+    mask: Tensor  # (B, T) bool
+    mask_f: Tensor  # (B, T) the mask as 0/1 floats
+    adv: Tensor  # (B, T) Â, no gradient
+    logp: Tensor  # (B, T) log π, keeps the gradient on response tokens
+    ref_logp: Tensor  # (B, T) log of the anchor policy, no gradient
+    log_ratio: Tensor  # (B, T) log π − log anchor, clamped to ±20, keeps the gradient
+    anchor: str
+
+
+def policy_terms(batch, anchor: str) -> Terms:
+    """The sanitised terms every rule starts from (computed once, shared with divergences and diagnostics)."""
+    from cppo.rules.divergence import LOG_RATIO_CLAMP, anchor_logp, compute_dtype
 
     mask = batch.mask
     dt = compute_dtype(batch.logp)
     zero = torch.zeros((), dtype=dt, device=batch.logp.device)
     adv = torch.where(mask, batch.advantages.detach().to(dt), zero)
     logp = torch.where(mask, batch.logp.to(dt), zero)
-    return adv, logp, masked_log_ratio(batch.logp, anchor_logp(batch, anchor), mask)
+    ref = torch.where(mask, anchor_logp(batch, anchor).detach().to(dt), zero)
+    # both sides are finite after where(), so padding (log ratio 0) never leaks nan into the backward pass
+    log_ratio = (logp - ref).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return Terms(mask=mask, mask_f=mask.to(dt), adv=adv, logp=logp, ref_logp=ref, log_ratio=log_ratio, anchor=anchor)

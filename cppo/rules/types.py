@@ -26,7 +26,8 @@ class PolicyBatch:
     """Per-token inputs of a policy-update rule (one mini-batch of responses)."""
 
     logp: Tensor
-    """(B, T) log π(y_t|s_t) of the sampled tokens under the policy being updated; carries the gradient."""
+    """(B, T) log π(y_t|s_t) of the sampled tokens under the policy being updated; carries the gradient.
+    Finite on response tokens."""
     old_logp: Tensor
     """(B, T) log π_old(y_t|s_t): the trainer's policy before this round of updates."""
     rollout_logp: Tensor
