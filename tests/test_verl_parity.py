@@ -30,7 +30,7 @@ CHECK = REPO / "tests" / "verl_parity" / "check.py"
 pytestmark = pytest.mark.verl
 
 EXPECTED = (["discovery"] + [f"ppo_clip/{a}" for a in AGG_MODES] + [f"dppo/{a}" for a in AGG_MODES]
-            + [f"registry/{r}" for r in list_rules()])
+            + [f"registry/{r}" for r in list_rules()] + ["loss_fn_inputs"])
 
 
 def _in_ci() -> bool:

@@ -18,7 +18,10 @@ row, finite junk on padding):
   `dppo_tv` (clip_ratio_low/high, clip_ratio_c = 20): loss values and gradients.
 - registry/<rule>: every registered rule called through verl's registry (`get_policy_loss_fn`) with a
   real verl `FSDPActorConfig` holding our `CPPOPolicyLossConfig` gives the numbers of calling the rule
-  directly (loss value under each aggregation mode, gradient, and the metrics).
+  directly (loss value under each aggregation mode, gradient, and the metrics), and the non-default
+  `rule_params` demonstrably reach the rule.
+- loss_fn_inputs: an OmegaConf config works like the dataclass; rollout IS weights multiply the
+  per-token loss; a rule left on a top-K divergence is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ def our_loss(rule, old, logp, adv, mask, agg, norm_constant=None):
 
 
 def diff(a, b) -> float:
-    return float((a - b).abs().max()) if torch.is_tensor(a) else abs(float(a) - float(b))
+    if torch.is_tensor(a):
+        return float((a.detach() - torch.as_tensor(b).detach()).abs().max())
+    return abs(float(a) - float(b))
 
 
 def check_ppo_clip(agg: str) -> dict:
@@ -202,6 +207,38 @@ def check_registry(rule_name: str) -> dict:
             "detail": f"params {params} (change the result: {params_matter}); kept tokens {n_kept}; " + ", ".join(parts)}
 
 
+def check_loss_fn_inputs(_: str) -> dict:
+    """The plugin's loss under verl's other call shapes: an OmegaConf config instead of the dataclass,
+    rollout IS weights (multiply the per-token loss, as verl's losses do), and a top-K default refused."""
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from cppo.integrations.verl import CPPOPolicyLossConfig
+    from cppo.rules import PolicyBatch, aggregate_loss, get_rule
+
+    params = {"divergence": "binary_tv", "delta": 0.2}
+    old, logp, adv, mask = make_inputs(40, 0.35)
+    dc = actor_config(CPPOPolicyLossConfig(loss_mode="cppo_dppo", rule_params=params))
+    oc = OmegaConf.create({"policy_loss": {"loss_mode": "cppo_dppo", "rule_params": params},
+                           "global_batch_info": {}, "loss_scale_factor": None})
+    l_dc, g_dc, _ = verl_loss("cppo_dppo", dc, old, logp, adv, mask, "token-mean")
+    l_oc, g_oc, _ = verl_loss("cppo_dppo", oc, old, logp, adv, mask, "token-mean")
+    worst = max(diff(l_dc, l_oc), diff(g_dc, g_oc))
+    w = torch.rand(old.shape, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
+    lp = logp.clone().requires_grad_(True)
+    l_w, _ = get_policy_loss_fn("cppo_dppo")(old_log_prob=old, log_prob=lp, advantages=adv, response_mask=mask,
+                                             loss_agg_mode="seq-mean-token-sum", config=dc, rollout_is_weights=w)
+    out = get_rule("dppo", **params)(PolicyBatch(logp=logp, old_logp=old, rollout_logp=old, advantages=adv, mask=mask))
+    worst = max(worst, diff(l_w, aggregate_loss(out.loss * w, mask, "seq-mean-token-sum")))
+    refused = False
+    try:
+        verl_loss("cppo", actor_config(CPPOPolicyLossConfig(loss_mode="cppo")), old, logp, adv, mask, "token-mean")
+    except ValueError as e:
+        refused = "top-K" in str(e)
+    return {"ok": worst < TOL and refused, "max_diff": worst,
+            "detail": f"OmegaConf config and IS weights: max diff {worst:.2e}; top-K default refused: {refused}"}
+
+
 def run_all() -> dict:
     import verl
     import verl.trainer.ppo.core_algos as core_algos
@@ -220,6 +257,7 @@ def run_all() -> dict:
     jobs = [(f"ppo_clip/{a}", check_ppo_clip, a) for a in AGG_MODES]
     jobs += [(f"dppo/{a}", check_dppo, a) for a in AGG_MODES]
     jobs += [(f"registry/{r}", check_registry, r) for r in rules]
+    jobs += [("loss_fn_inputs", check_loss_fn_inputs, "")]
     for name, fn, arg in jobs:
         try:
             checks[name] = fn(arg)
