@@ -86,6 +86,7 @@ def draw(logp: torch.Tensor, temperature: float, generator: torch.Generator | No
     if temperature <= 0:
         return logp.argmax(dim=-1)
     noise = torch.empty_like(logp).exponential_(generator=generator)  # (B, V)
+    noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # log(0) = -inf would turn a dropped token into NaN
     return (logp - noise.log()).argmax(dim=-1)
 
 
