@@ -65,6 +65,25 @@ def test_topk_membership_by_value_matches_by_id_on_random_data():
     assert outside.any(), "the data should contain sampled tokens outside μ's top-K"
 
 
+@pytest.mark.parametrize("anchor", ["rollout", "old"])
+def test_topk_swap_correction_matches_explicit_replacement(anchor):
+    # token_divergence corrects the sums instead of materialising the swapped set; compare it with the
+    # explicit construction: overwrite μ's smallest top-K entry with y_t wherever y_t ∉ S
+    from cppo.rules.divergence import topk_kl, topk_tv
+
+    batch = random_batch(B=8, T=20, V=12, K=3, seed=6, dtype=F64, garbage=False)
+    ref_t = batch.rollout_logp if anchor == "rollout" else batch.old_logp
+    ref_k = batch.rollout_topk_logp if anchor == "rollout" else batch.old_topk_logp
+    out = ~(batch.rollout_topk_ids == batch.token_ids.unsqueeze(-1)).any(-1)  # (B, T)
+    assert out[batch.mask].float().mean() > 0.1  # plenty of sampled tokens outside the top-3
+    slot = (torch.arange(3) == batch.rollout_topk_logp.argmin(-1, keepdim=True)) & out.unsqueeze(-1)
+    pi_k = torch.where(slot, batch.logp.detach().unsqueeze(-1), batch.policy_topk_logp)
+    ref_k = torch.where(slot, ref_t.unsqueeze(-1), ref_k)
+    m = batch.mask
+    torch.testing.assert_close(token_divergence(batch, "topk_tv", anchor)[m], topk_tv(pi_k, ref_k)[m])
+    torch.testing.assert_close(token_divergence(batch, "topk_kl", anchor)[m], topk_kl(pi_k, ref_k)[m])
+
+
 def test_kl_estimators():
     lr = torch.tensor([0.0, 0.5, -1.0], dtype=F64)
     torch.testing.assert_close(k1(lr), -lr)

@@ -52,8 +52,8 @@ class PolicyBatch:
 
     def __post_init__(self) -> None:
         shape = tuple(self.logp.shape)
-        if len(shape) != 2:
-            raise ValueError(f"PolicyBatch.logp must be (B, T), got shape {shape}")
+        if len(shape) != 2 or 0 in shape:
+            raise ValueError(f"PolicyBatch.logp must be a non-empty (B, T) tensor, got shape {shape}")
         for name in ("old_logp", "rollout_logp", "advantages", "mask", "token_ids", "entropy"):
             t = getattr(self, name)
             if t is not None and tuple(t.shape) != shape:
