@@ -170,6 +170,32 @@ def rollout_rows(model, prompts: list[list[int]], new_tokens: int, topk: int, de
     return rows
 
 
+def check_row(model, prompts: list[list[int]], device: str, n_new: int = 16) -> dict:
+    """Correctness before speed: hf_fast's teacher-forced log-probs against one full forward pass, and (on
+    CUDA) the graphed decode step against the same step run eagerly. Max |difference| of log mu."""
+    import torch
+
+    from cppo.train.fastgen import FastDecoder
+    from cppo.train.rollout import left_pad
+
+    ids, mask = left_pad(prompts[:4], 0)
+    ids, mask = ids.to(device), mask.to(device)
+    cont = torch.randint(1, model.config.vocab_size, (ids.shape[0], n_new), device=device,
+                         generator=torch.Generator(device=device).manual_seed(1))
+    eager = FastDecoder(model, cuda_graph=False).run(ids, mask, n_new, forced_tokens=cont, eos_ids=[])
+    full = torch.cat([ids, cont], 1)
+    fmask = torch.cat([mask, torch.ones_like(cont, dtype=torch.bool)], 1)
+    with torch.no_grad():
+        logits = model(input_ids=full, attention_mask=fmask.long(),
+                       position_ids=(fmask.long().cumsum(1) - 1).clamp(min=0)).logits.float()
+    ref = torch.log_softmax(logits[:, ids.shape[1] - 1:-1], -1).gather(2, cont[..., None]).squeeze(-1)
+    row = dict(vs_forward=float((eager.logp - ref).abs().max()))
+    if device == "cuda":
+        graphed = FastDecoder(model, cuda_graph=True).run(ids, mask, n_new, forced_tokens=cont, eos_ids=[])
+        row["graph_vs_eager"] = float((graphed.logp - eager.logp).abs().max())
+    return row
+
+
 def vllm_row(model, prompts, new_tokens: int, topk: int) -> dict:
     """vLLM tokens/s, measured in a child process (vLLM does not release GPU memory reliably in-process)."""
     import importlib.util
@@ -307,10 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         update = update_row(build(size, args.vocab, device, torch.float32), args.update_batch, args.update_seq,
                             args.update_steps, device, peak, args.compile)
         gc.collect()
+        check = check_row(model, prompts, device)
         rows = rollout_rows(model, prompts, args.new_tokens, args.topk, device, engines)
         if "vllm" in engines:
             rows.append(vllm_row(model, prompts, args.new_tokens, args.topk))
-        results["sizes"].append(dict(size=size, params=n, rollout=rows, update=update))
+        results["sizes"].append(dict(size=size, params=n, check=check, rollout=rows, update=update))
         del model
         gc.collect()
         if device == "cuda":
@@ -341,6 +368,12 @@ def format_table(results: dict) -> str:
                 continue
             speed = f"{r['tokens_per_s'] / base:.1f}" if base else ""
             lines.append(f"| {s['size']} | {_count(s['params'])} | {r['engine']} | {r['tokens_per_s']:,.0f} | {speed} |")
+    lines += ["", "| model | hf_fast log mu vs full forward (max abs) | CUDA graph vs eager (max abs) |",
+              "| --- | ---: | ---: |"]
+    for s in results["sizes"]:
+        c = s["check"]
+        graph = f"{c['graph_vs_eager']:.2e}" if "graph_vs_eager" in c else "n/a (no CUDA)"
+        lines.append(f"| {s['size']} | {c['vs_forward']:.2e} | {graph} |")
     lines += ["", "| model | update tokens | step s | TFLOP/s | MFU |", "| --- | ---: | ---: | ---: | ---: |"]
     for s in results["sizes"]:
         u = s["update"]

@@ -59,6 +59,7 @@ def test_cpu_smoke_prints_the_table(tmp_path):
         assert rows[name]["tokens_per_s"] > 0
     if importlib.util.find_spec("vllm") is None:
         assert "not installed" in rows["vllm"]["error"]
+    assert size["check"]["vs_forward"] < 1e-4  # float32 on CPU: the fast path's log mu is the model's
     upd = size["update"]
     assert upd["tokens"] == 2 * 16 and upd["seconds"] > 0 and upd["tflops"] > 0
     assert upd["mfu"] is None  # no known peak on CPU
