@@ -20,10 +20,15 @@ def test_solver_hand_computed():
 
 def test_make_problem_format():
     row = ChainTask(K=3).make_problem(7, [3, -5, 9])
-    assert row["problem"] == "7+3-5+9="
+    assert row["problem"] == "7CeI="  # one character per operation: C = +3, e = -5, I = +9
     assert row["solution"] == "054"
     assert row["answer"] == "4"
     assert parse_problem(row["problem"]) == (7, [3, -5, 9])
+    row2 = ChainTask(K=3, op_format="sign").make_problem(7, [3, -5, 9])
+    assert row2["problem"] == "7+3-5+9=" and row2["solution"] == "054"
+    assert parse_problem(row2["problem"]) == (7, [3, -5, 9])
+    with pytest.raises(ValueError, match="not a chain problem"):
+        parse_problem("7+3-5+9")
 
 
 def test_sample_is_consistent_and_seeded():
@@ -37,7 +42,7 @@ def test_sample_is_consistent_and_seeded():
         assert "".join(map(str, solve(start, ops, 10))) == r["solution"]
         assert r["solution"][-1] == r["answer"]
         assert task.reward(r["solution"], r["answer"]) == 1.0
-        assert r["problem"].isascii() and len(r["problem"]) == 1 + 2 * 24 + 1
+        assert r["problem"].isascii() and len(r["problem"]) == 1 + 24 + 1
 
 
 @pytest.mark.parametrize(
@@ -68,7 +73,7 @@ def test_reward_requires_stop():
 def test_modulus_letters():
     task = ChainTask(K=2, modulus=16)
     row = task.make_problem(15, [15, -3])
-    assert row["problem"] == "f+f-3="
+    assert row["problem"] == "fOc="
     assert row["solution"] == "eb" and task.reward("eb", "b") == 1.0
 
 
@@ -77,6 +82,10 @@ def test_bad_parameters():
         ChainTask(K=0)
     with pytest.raises(ValueError, match="modulus"):
         ChainTask(modulus=1)
+    with pytest.raises(ValueError, match="op_format"):
+        ChainTask(op_format="words")
+    with pytest.raises(ValueError, match="at most 26"):
+        ChainTask(modulus=30)
     with pytest.raises(ValueError, match="unknown chain split"):
         make_split("chain_xx", 3)
     with pytest.raises(ValueError, match="unknown task"):

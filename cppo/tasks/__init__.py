@@ -18,12 +18,14 @@ __all__ = ["ChainTask", "make_split", "get_task", "ChainTaskWithSplits"]
 class ChainTaskWithSplits(ChainTask):
     """A chain task that also knows its named evaluation splits (``chain_id``, ``chain_ood``)."""
 
-    def __init__(self, K: int = 24, modulus: int = 10, ood_K: int | None = None, max_operand: int | None = None):
-        super().__init__(K=K, modulus=modulus, max_operand=max_operand)
+    def __init__(self, K: int = 24, modulus: int = 10, ood_K: int | None = None, max_operand: int | None = None,
+                 op_format: str = "char"):
+        super().__init__(K=K, modulus=modulus, max_operand=max_operand, op_format=op_format)
         object.__setattr__(self, "ood_K", ood_K or K + 8)
 
     def eval_split(self, name: str, n: int, seed: int = 0) -> list[dict]:
-        return make_split(name, n, seed=seed, K=self.K, modulus=self.modulus, ood_K=self.ood_K)
+        return make_split(name, n, seed=seed, K=self.K, modulus=self.modulus, ood_K=self.ood_K,
+                          op_format=self.op_format, max_operand=self.max_operand)
 
 
 def get_task(cfg: Any):
@@ -34,7 +36,8 @@ def get_task(cfg: Any):
     name = cfg.pop("name", "chain")
     if name == "chain":
         return ChainTaskWithSplits(K=int(cfg.get("K", 24)), modulus=int(cfg.get("modulus", 10)),
-                                   ood_K=cfg.get("ood_K"), max_operand=cfg.get("max_operand"))
+                                   ood_K=cfg.get("ood_K"), max_operand=cfg.get("max_operand"),
+                                   op_format=cfg.get("op_format", "char"))
     if name == "math":
         from cppo.tasks.math import MathTask
 

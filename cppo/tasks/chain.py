@@ -1,8 +1,15 @@
 """Chain arithmetic: a synthetic verifiable task where an early mistake compounds.
 
-A problem is a start digit followed by K operations ``+d`` / ``-d`` (mod m), written as one short
-ASCII line ending in ``=``, e.g. ``7+3-5+9=`` (K = 3, m = 10). The worked response writes the K
-running values, one character each, e.g. ``054``, and then stops (the end-of-sequence token).
+A problem is a start value followed by K operations ``+d`` / ``-d`` (mod m), written as one short
+ASCII line ending in ``=``. The worked response writes the K running values, one character each,
+and then stops (the end-of-sequence token). Two spellings of the operations (``op_format``):
+
+  * ``char`` (default, one character per operation, as in the prototype): ``+d`` is the d-th
+    upper-case letter, ``-d`` the d-th lower-case letter: e.g. ``7CeI=`` is
+    7 +3 -5 +9 and its solution is ``054``. One character per operation keeps sequences short
+    (24 operations: 26 prompt + 25 response tokens) and puts operation i at a fixed distance
+    (K + 1) before response value i, which small rotary models learn quickly.
+  * ``sign``: ``7+3-5+9=`` (readable, twice as long).
 
 Reward 1 iff the response
   * consists of exactly K value characters (right length; anything else, including trailing text,
@@ -15,7 +22,7 @@ derails the rest. That makes the task long-horizon in the sense CPPO cares about
 depend on every earlier one.
 
 Difficulty knobs: K (chain length) and the modulus m (values 0..m-1 written as one character
-each: digits, then lower-case letters, so m <= 36). Named splits: ``chain_id`` (in distribution,
+each: digits, then lower-case letters, so m <= 36; m <= 27 with op_format char). Named splits: ``chain_id`` (in distribution,
 the training K) and ``chain_ood`` (a longer chain, ``ood_K``; by default K + 8).
 """
 
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 
 # One character per value: 0-9 then a-z (only used when modulus > 10).
 _ALPHABET = string.digits + string.ascii_lowercase
+OP_FORMATS = ("char", "sign")
 
 # Fixed seeds per named split, offset from the caller's seed, so a split never overlaps training
 # sampling streams that use small seeds.
@@ -41,11 +49,13 @@ class ChainTask:
         K: number of operations (= number of running values in the response).
         modulus: arithmetic modulus m; values are 0..m-1, one character each.
         max_operand: largest |d| of an operation (default m - 1).
+        op_format: ``char`` (one character per operation) or ``sign`` (``+d``/``-d``).
     """
 
     K: int = 24
     modulus: int = 10
     max_operand: int | None = None
+    op_format: str = "char"
 
     def __post_init__(self) -> None:
         if self.K < 1:
@@ -54,6 +64,11 @@ class ChainTask:
             raise ValueError(f"chain task: modulus must be in [2, {len(_ALPHABET)}], got {self.modulus}")
         if self.max_operand is not None and not 1 <= self.max_operand < self.modulus:
             raise ValueError(f"chain task: max_operand must be in [1, modulus-1], got {self.max_operand}")
+        if self.op_format not in OP_FORMATS:
+            raise ValueError(f"chain task: op_format must be one of {OP_FORMATS}, got {self.op_format!r}")
+        if self.op_format == "char" and (self.max_operand or self.modulus - 1) > 26:
+            raise ValueError("chain task: op_format 'char' spells operands as letters (at most 26); "
+                             "use max_operand <= 26 or op_format 'sign'")
 
     @property
     def name(self) -> str:
@@ -70,7 +85,7 @@ class ChainTask:
         if len(ops) != self.K:
             raise ValueError(f"chain task: expected {self.K} operations, got {len(ops)}")
         m = self.modulus
-        problem = _ALPHABET[start % m] + "".join(("+" if d >= 0 else "-") + _ALPHABET[abs(d)] for d in ops) + "="
+        problem = _ALPHABET[start % m] + "".join(op_text(d, self.op_format) for d in ops) + "="
         values = solve(start, ops, m)
         solution = "".join(_ALPHABET[v] for v in values)
         return {
@@ -122,23 +137,39 @@ def solve(start: int, ops: list[int], modulus: int) -> list[int]:
     return values
 
 
+def op_text(d: int, op_format: str = "char") -> str:
+    """Spelling of the operation ``+d`` (d > 0) or ``-|d|`` (d < 0)."""
+    if d == 0:
+        raise ValueError("chain task: operand 0 is not an operation")
+    if op_format == "sign":
+        return ("+" if d > 0 else "-") + _ALPHABET[abs(d)]
+    return chr((ord("A") if d > 0 else ord("a")) + abs(d) - 1)
+
+
 def parse_problem(problem: str, modulus: int = 10) -> tuple[int, list[int]]:
-    """Inverse of :meth:`ChainTask.make_problem`: (start, signed operands)."""
+    """Inverse of :meth:`ChainTask.make_problem` (either op format): (start, signed operands)."""
     p = problem.strip()
-    if not p.endswith("=") or len(p) < 4 or (len(p) - 2) % 2:
+    if not p.endswith("=") or len(p) < 3 or p[0] not in _ALPHABET[:modulus]:
         raise ValueError(f"not a chain problem: {problem!r}")
-    body = p[:-1]
-    start = _ALPHABET.index(body[0])
-    ops = []
-    for i in range(1, len(body), 2):
-        sign, c = body[i], body[i + 1]
-        if sign not in "+-" or c not in _ALPHABET[:modulus]:
+    body, start, ops = p[1:-1], _ALPHABET.index(p[0]), []
+    if body[:1] in ("+", "-"):
+        if len(body) % 2:
             raise ValueError(f"not a chain problem: {problem!r}")
-        ops.append(_ALPHABET.index(c) * (1 if sign == "+" else -1))
+        for i in range(0, len(body), 2):
+            sign, c = body[i], body[i + 1]
+            if sign not in "+-" or c not in _ALPHABET[1:modulus]:
+                raise ValueError(f"not a chain problem: {problem!r}")
+            ops.append(_ALPHABET.index(c) * (1 if sign == "+" else -1))
+    else:
+        for c in body:
+            if not c.isascii() or not c.isalpha():
+                raise ValueError(f"not a chain problem: {problem!r}")
+            ops.append(ord(c) - ord("A") + 1 if c.isupper() else -(ord(c) - ord("a") + 1))
     return start, ops
 
 
-def make_split(name: str, n: int, seed: int = 0, K: int = 24, modulus: int = 10, ood_K: int | None = None) -> list[dict]:
+def make_split(name: str, n: int, seed: int = 0, K: int = 24, modulus: int = 10, ood_K: int | None = None,
+               op_format: str = "char", max_operand: int | None = None) -> list[dict]:
     """A named, reproducible evaluation split.
 
     ``chain_id``: in-distribution (K operations); ``chain_ood``: harder, ``ood_K`` operations
@@ -150,7 +181,7 @@ def make_split(name: str, n: int, seed: int = 0, K: int = 24, modulus: int = 10,
     if name not in _SPLIT_SALT:
         raise ValueError(f"unknown chain split {name!r}; choose from {sorted(_SPLIT_SALT)}")
     k = (ood_K or K + 8) if name == "chain_ood" else K
-    rows = ChainTask(K=k, modulus=modulus).sample(random.Random(seed + _SPLIT_SALT[name]), n)
+    rows = ChainTask(K=k, modulus=modulus, op_format=op_format, max_operand=max_operand).sample(random.Random(seed + _SPLIT_SALT[name]), n)
     for i, row in enumerate(rows):
         row["id"] = f"{name}-{i}"
     return rows

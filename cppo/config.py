@@ -1,0 +1,500 @@
+"""Typed profile configs: load a profile YAML, apply overrides, resolve one run, validate early.
+
+A profile (``config/<name>.yaml``, INTERFACES.md §3) holds defaults (``rl``, ``sft``), named
+variants (``settings``), model shapes (``scales``) and methods (name -> rule + params). One run is
+(method, scale, seed, setting); :func:`resolve_run` turns the profile into the fully resolved
+:class:`RunConfig` that the trainer uses and writes next to its outputs.
+
+Precedence of an ``rl``/``sft`` value, lowest first: the section's default in this file, the
+profile's section, the chosen setting (``settings.<x>``), then ``--set`` overrides (applied to the
+raw YAML before anything else, so they can touch any key, e.g. ``settings.stale.staleness=2``).
+Any ``rl``/``sft`` value may be a per-scale mapping ``{s: 150, m: 60}``; the run's scale picks.
+
+Validation happens here, before any work: unknown keys in typed sections, bad ranges, an unknown
+method, and rule parameters (through ``get_rule``, which raises a ValueError naming valid ones).
+A method name that is a registered rule with no ``methods`` entry resolves to that rule with its
+defaults, so every rule is runnable by name from any profile.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what is allowed."""
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass
+class TaskConfig:
+    name: str = "chain"
+    """Task: ``chain`` (synthetic chain arithmetic) or ``math`` (JSONL prompts, math-verify reward)."""
+    K: int = 24
+    """chain: operations per problem (training and ``chain_id``)."""
+    modulus: int = 10
+    """chain: arithmetic modulus (values are single characters)."""
+    ood_K: int | None = None
+    """chain: operations in the harder ``chain_ood`` split (default K + 8)."""
+    max_operand: int | None = None
+    """chain: largest |d| of an operation (default modulus - 1)."""
+    op_format: str = "char"
+    """chain: ``char`` (one letter per operation: A=+1, a=-1, ...) or ``sign`` (``+1``, ``-1``)."""
+    n_test: int = 256
+    """Problems per evaluation split."""
+    train_file: str = "math_train"
+    """math: training JSONL name in the data directory."""
+    test_files: list[str] = field(default_factory=lambda: ["math500"])
+    """math: evaluation JSONL names."""
+    template: str | None = None
+    """math: prompt template with ``{problem}`` (default: step by step, answer in \\boxed{})."""
+    timeout_s: float = 5.0
+    """math: time limit of one answer check (seconds)."""
+    workers: int = 2
+    """math: reward worker processes."""
+
+
+@dataclass
+class SFTConfig:
+    batch_size: int = 64
+    """Worked solutions per optimizer step (fresh samples every step: the task is generated)."""
+    lr: float = 3.0e-3
+    """AdamW learning rate (constant after warm-up)."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    grad_clip: float | None = 1.0
+    """Gradient-norm clip (null = off)."""
+    max_steps: int = 4000
+    """Upper bound on optimizer steps (early stopping usually ends sooner)."""
+    eval_every: int = 25
+    """Validation interval in steps."""
+    val_n: int = 256
+    """Validation problems (``chain_val`` split, disjoint from the test splits)."""
+    target_sampled_acc: float | None = 0.30
+    """Stop once sampled accuracy (at ``temperature``) on validation reaches this (null = run max_steps)."""
+    temperature: float = 1.0
+    """Sampling temperature of the validation check (the RL rollout temperature)."""
+    max_new_tokens: int | None = None
+    """Generation limit in validation (default: the RL ``max_new_tokens``)."""
+    seed: int = 0
+    """Seed of the data stream and the initialisation."""
+    num_threads: int = 1
+    """torch intra-op threads."""
+
+
+@dataclass
+class RLConfig:
+    prompts_per_rollout: int = 16
+    """Prompts per rollout batch."""
+    samples_per_prompt: int = 8
+    """Responses per prompt (the GRPO group size n)."""
+    updates_per_rollout: int = 8
+    """Mini-batches (one optimizer step each) per rollout batch: the off-policy degree."""
+    steps: int = 150
+    """Rollout steps (each = one rollout batch and ``updates_per_rollout`` optimizer steps)."""
+    lr: float = 1.0e-4
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value (null = no clipping; the pre-clip norm is logged anyway)."""
+    staleness: int = 0
+    """Rollouts are generated from weights this many optimizer steps old (emulates async inference)."""
+    temperature: float = 1.0
+    """Rollout temperature (π's log-probs in the loss use the same temperature)."""
+    top_p: float = 1.0
+    """Rollout nucleus mass (μ is recorded before truncation)."""
+    max_new_tokens: int = 32
+    """Response length limit; also the norm constant of ``seq-mean-token-sum-norm``."""
+    loss_agg: str = "seq-mean-token-sum-norm"
+    """Loss aggregation mode (same for every rule in a comparison)."""
+    topk: int = 20
+    """K of the top-K divergences (recorded at rollout only when the rule needs it)."""
+    std_norm: bool = True
+    """Divide group advantages by the group's std (GRPO); false = mean-centering only (Dr. GRPO)."""
+    adv_eps: float = 1.0e-6
+    """Added to the group std before dividing."""
+    engine: str = "hf"
+    """Rollout engine (``hf``; ``hf_fast``/``vllm`` when installed)."""
+    eval_every: int = 25
+    """Periodic evaluation interval in rollout steps (0 = only at the end)."""
+    eval_n: int = 128
+    """Problems per split in periodic evaluation."""
+    eval_splits: list[str] = field(default_factory=lambda: ["chain_id", "chain_ood"])
+    """Splits evaluated periodically (greedy and sampled accuracy)."""
+    save_every: int = 25
+    """Checkpoint interval in rollout steps (0 = final checkpoint only)."""
+    keep_checkpoints: int = 1
+    """Step checkpoints kept on disk (oldest deleted first); ``final/`` is always kept."""
+    max_bad_steps: int = 5
+    """Stop after this many consecutive optimizer steps with a non-finite loss or gradient."""
+    position_buckets: int = 8
+    """Buckets of the per-position divergence/mask profile."""
+    num_threads: int = 1
+    """torch intra-op threads (1: two runs share two cores)."""
+    attn_implementation: str = "sdpa"
+    """Attention kernel of from-scratch models (``sdpa`` or ``eager``)."""
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    """The method's name in the grid (e.g. ``grpo``)."""
+    rule: str
+    """The registered rule it runs (e.g. ``ppo_clip``)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """The rule's parameters as given in the config (defaults filled in by the rule)."""
+
+
+@dataclass
+class EvalConfig:
+    benchmarks: list[str] = field(default_factory=lambda: ["chain_id", "chain_ood"])
+    """Benchmarks of the final evaluation (``cppo eval``)."""
+    n: int = 4
+    """Samples per problem."""
+    temperature: float = 0.7
+    """Sampling temperature."""
+    top_p: float = 0.95
+    """Nucleus mass."""
+    max_tokens: int = 32
+    """Generation limit."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other keys of the section (owned by the evaluation/pipeline parts), kept as given."""
+
+
+@dataclass
+class GridConfig:
+    methods: list[str] = field(default_factory=list)
+    """Methods of the grid."""
+    scales: list[str] = field(default_factory=list)
+    """Scales of the grid."""
+    seeds: list[int] = field(default_factory=lambda: [1])
+    """Seeds of the grid."""
+    settings: list[str] = field(default_factory=list)
+    """Settings of the grid (names under ``settings``)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other keys of the section, kept as given."""
+
+
+@dataclass
+class Config:
+    """A whole profile, after ``--set`` overrides, before choosing a run."""
+
+    profile: str
+    """Experiment name (MLflow experiment, ``results/<profile>/``)."""
+    raw: dict[str, Any]
+    """The YAML mapping after overrides (what is dumped, minus nothing)."""
+    task: TaskConfig
+    scales: dict[str, dict[str, Any]]
+    """Scale name -> Qwen3Config kwargs, or ``{hub: <name>}``."""
+    sft: dict[str, Any]
+    """Raw ``sft`` section (may hold per-scale mappings; resolved by :func:`resolve_sft`)."""
+    rl: dict[str, Any]
+    """Raw ``rl`` section (may hold per-scale mappings; resolved by :func:`resolve_run`)."""
+    settings: dict[str, dict[str, Any]]
+    """Setting name -> ``rl`` overrides."""
+    methods: dict[str, dict[str, Any]]
+    """Method name -> ``{rule: <rule>, <param>: <value>, ...}``."""
+    grid: GridConfig
+    eval: EvalConfig
+    data_dir: str | None = None
+    """Benchmark data folder (``CPPO_DATA_DIR`` wins)."""
+    backend: str = "builtin"
+    """Trainer backend: ``builtin`` or ``verl``."""
+    results_dir: str = "results"
+    """Root of ``<profile>/runs`` and ``<profile>/base`` (relative to the working directory)."""
+
+    def base_dir(self, scale: str) -> Path:
+        """Where the scale's SFT base checkpoint lives: ``results/<profile>/base/scale~<s>/``."""
+        return Path(self.results_dir) / self.profile / "base" / f"scale~{scale}"
+
+
+@dataclass
+class RunConfig:
+    """Everything one RL run needs, fully resolved (written as the run's ``config.yaml``)."""
+
+    profile: str
+    method: MethodSpec
+    scale: str
+    seed: int
+    setting: str
+    task: TaskConfig
+    model: dict[str, Any]
+    """The scale's model shape (or hub name)."""
+    rl: RLConfig
+    eval: EvalConfig
+    data_dir: str | None = None
+    backend: str = "builtin"
+    init: str | None = None
+    """Checkpoint the run starts from (default: the scale's base checkpoint)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["eval"] = {**{k: v for k, v in d["eval"].items() if k != "extra"}, **d["eval"]["extra"]}
+        return d
+
+
+# --------------------------------------------------------------------------- loading
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value; numeric strings like 3e-4 become floats)."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, value = item.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"--set: bad key {key!r}")
+    return parts, _coerce_number(yaml.safe_load(value) if value.strip() else None)
+
+
+def _coerce_number(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return float(v) if any(c in v.lower() for c in ".e") or v.lower() in ("inf", "-inf", "nan") else int(v)
+        except ValueError:
+            return v
+    return v
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """A deep copy of ``raw`` with ``--set`` overrides applied (missing intermediate mappings created)."""
+    raw = copy.deepcopy(raw)
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = raw
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a mapping")
+            node = node[p]
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a profile YAML, apply ``--set`` overrides and check its structure."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    profile = raw.get("profile") or Path(source).stem
+    scales = raw.get("scales") or {}
+    if not isinstance(scales, dict) or not all(isinstance(v, dict) for v in scales.values()):
+        raise ConfigError(f"{source}: `scales` must map scale names to model settings")
+    settings = raw.get("settings") or {}
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"{source}: `settings` must map setting names to rl overrides")
+    methods = raw.get("methods") or {}
+    if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
+        raise ConfigError(f"{source}: `methods` must map method names to {{rule: ..., params}}")
+    rl = dict(raw.get("rl") or {})
+    sft = dict(raw.get("sft") or {})
+    _check_keys(rl, RLConfig, "rl")
+    _check_keys(sft, SFTConfig, "sft")
+    for sname, s in settings.items():
+        _check_keys(s, RLConfig, f"settings.{sname}")
+    grid_raw = dict(raw.get("grid") or {})
+    grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings") if k in grid_raw},
+                      extra=grid_raw)
+    eval_raw = dict(raw.get("eval") or {})
+    evalc = _build(EvalConfig, {k: eval_raw.pop(k) for k in ("benchmarks", "n", "temperature", "top_p", "max_tokens")
+                                if k in eval_raw}, "eval")
+    evalc.extra = eval_raw
+    cfg = Config(
+        profile=str(profile), raw=raw, task=_build(TaskConfig, dict(raw.get("task") or {}), "task"),
+        scales=scales, sft=sft, rl=rl, settings=settings, methods=methods, grid=grid, eval=evalc,
+        data_dir=raw.get("data_dir"), backend=raw.get("backend", "builtin"),
+        results_dir=raw.get("results_dir", "results"),
+    )
+    if cfg.backend not in ("builtin", "verl"):
+        raise ConfigError(f"backend must be 'builtin' or 'verl', got {cfg.backend!r}")
+    for name in grid.scales:
+        if name not in scales:
+            raise ConfigError(f"grid.scales: unknown scale {name!r}; defined: {sorted(scales)}")
+    for name in grid.settings:
+        if name not in settings:
+            raise ConfigError(f"grid.settings: unknown setting {name!r}; defined: {sorted(settings)}")
+    return cfg
+
+
+# --------------------------------------------------------------------------- resolving
+def resolve_method(cfg: Config, method: str) -> MethodSpec:
+    """The method's rule and params; a bare registered rule name works without a ``methods`` entry."""
+    from cppo.rules import list_rules
+
+    if method in cfg.methods:
+        entry = dict(cfg.methods[method])
+        rule = entry.pop("rule", method)
+        return MethodSpec(name=method, rule=str(rule), params=entry)
+    if method in list_rules():
+        return MethodSpec(name=method, rule=method, params={})
+    raise ConfigError(f"unknown method {method!r}; methods of this profile: {sorted(cfg.methods)}; "
+                      f"registered rules (usable by name): {list_rules()}")
+
+
+def build_rule(spec: MethodSpec):
+    """Instantiate the method's rule (raises ConfigError naming the method on a bad rule/param)."""
+    from cppo.rules import get_rule
+
+    try:
+        return get_rule(spec.rule, **spec.params)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"method {spec.name!r}: {e}") from e
+
+
+def resolve_run(cfg: Config, method: str, scale: str, seed: int, setting: str | None = None,
+                steps: int | None = None, init: str | None = None) -> RunConfig:
+    """Resolve one (method, scale, seed, setting) run and validate it (no side effects)."""
+    if scale not in cfg.scales:
+        raise ConfigError(f"unknown scale {scale!r}; scales of this profile: {sorted(cfg.scales)}")
+    if setting is not None and setting not in cfg.settings:
+        raise ConfigError(f"unknown setting {setting!r}; settings of this profile: {sorted(cfg.settings)}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    spec = resolve_method(cfg, method)
+    build_rule(spec)  # validates the rule name and its parameters now, before any work
+    rl_raw = {**cfg.rl, **(cfg.settings.get(setting) or {})}
+    if steps is not None:
+        rl_raw["steps"] = steps
+    rl = _build(RLConfig, _pick_scale(rl_raw, scale, cfg.scales, "rl"), "rl")
+    validate_rl(rl)
+    return RunConfig(profile=cfg.profile, method=spec, scale=scale, seed=seed, setting=setting or "default",
+                     task=cfg.task, model=dict(cfg.scales[scale]), rl=rl, eval=cfg.eval,
+                     data_dir=cfg.data_dir, backend=cfg.backend, init=init)
+
+
+def resolve_sft(cfg: Config, scale: str, steps: int | None = None) -> SFTConfig:
+    """The SFT settings of a scale (per-scale mappings picked, ``--steps`` caps max_steps)."""
+    if scale not in cfg.scales:
+        raise ConfigError(f"unknown scale {scale!r}; scales of this profile: {sorted(cfg.scales)}")
+    raw = dict(cfg.sft)
+    if steps is not None:
+        raw["max_steps"] = steps
+    sft = _build(SFTConfig, _pick_scale(raw, scale, cfg.scales, "sft"), "sft")
+    _require(sft.batch_size >= 1, "sft.batch_size must be >= 1")
+    _require(sft.lr > 0, "sft.lr must be > 0")
+    _require(sft.max_steps >= 0, f"sft.max_steps must be >= 0, got {sft.max_steps}")
+    _require(sft.eval_every >= 1, "sft.eval_every must be >= 1")
+    _require(sft.val_n >= 1, "sft.val_n must be >= 1")
+    _require(sft.temperature > 0, "sft.temperature must be > 0")
+    _require(sft.target_sampled_acc is None or 0 < sft.target_sampled_acc <= 1,
+             "sft.target_sampled_acc must be in (0, 1] or null")
+    _require(sft.grad_clip is None or sft.grad_clip > 0, "sft.grad_clip must be > 0 or null")
+    return sft
+
+
+def validate_rl(rl: RLConfig) -> None:
+    _require(rl.steps >= 0, f"rl.steps must be >= 0, got {rl.steps}")
+    _require(rl.prompts_per_rollout >= 1, "rl.prompts_per_rollout must be >= 1")
+    _require(rl.samples_per_prompt >= 2, "rl.samples_per_prompt must be >= 2 (group advantages need a group)")
+    _require(1 <= rl.updates_per_rollout <= rl.prompts_per_rollout * rl.samples_per_prompt,
+             "rl.updates_per_rollout must be in [1, prompts_per_rollout * samples_per_prompt]")
+    _require(rl.lr > 0, f"rl.lr must be > 0, got {rl.lr}")
+    _require(rl.grad_clip is None or rl.grad_clip > 0, f"rl.grad_clip must be > 0 or null, got {rl.grad_clip}")
+    _require(rl.staleness >= 0, f"rl.staleness must be >= 0, got {rl.staleness}")
+    _require(rl.temperature > 0, f"rl.temperature must be > 0, got {rl.temperature}")
+    _require(0 < rl.top_p <= 1, f"rl.top_p must be in (0, 1], got {rl.top_p}")
+    _require(rl.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1")
+    _require(rl.loss_agg in LOSS_AGG_MODES, f"rl.loss_agg must be one of {list(LOSS_AGG_MODES)}, got {rl.loss_agg!r}")
+    _require(rl.topk >= 1, "rl.topk must be >= 1")
+    _require(rl.eval_every >= 0 and rl.save_every >= 0, "rl.eval_every and rl.save_every must be >= 0")
+    _require(rl.keep_checkpoints >= 1, "rl.keep_checkpoints must be >= 1")
+    _require(rl.max_bad_steps >= 1, "rl.max_bad_steps must be >= 1")
+    _require(rl.num_threads >= 1, "rl.num_threads must be >= 1")
+    _require(len(rl.betas) == 2 and all(0 <= b < 1 for b in rl.betas), "rl.betas must be two values in [0, 1)")
+    _require(rl.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
+
+
+def dump_yaml(d: dict[str, Any], path: str | Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(d, f, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- helpers
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def _pick_scale(d: dict[str, Any], scale: str, scales: dict[str, Any], where: str) -> dict[str, Any]:
+    """Replace per-scale mappings ``{s: .., m: ..}`` by the value for ``scale``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v and set(v) <= set(scales):
+            if scale not in v:
+                raise ConfigError(f"{where}.{k}: no value for scale {scale!r} (given for {sorted(v)})")
+            v = v[scale]
+        out[k] = v
+    return out
+
+
+def _build(cls: type, d: dict[str, Any], where: str):
+    """Instantiate a section dataclass with type coercion and clear errors."""
+    _check_keys(d, cls, where)
+    hints = typing.get_type_hints(cls)
+    kw = {}
+    for k, v in d.items():
+        kw[k] = _coerce(v, hints[k], f"{where}.{k}")
+    return cls(**kw)
+
+
+def _coerce(v: Any, tp: Any, where: str) -> Any:
+    args = typing.get_args(tp)
+    if v is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{where}: may not be null")
+    base = next((a for a in args if a is not type(None)), tp) if args and type(None) in args else tp
+    origin = typing.get_origin(base)
+    v = _coerce_number(v) if base in (int, float) else v
+    if base is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {v!r}")
+        return float(v)
+    if base is int:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and v.is_integer())):
+            raise ConfigError(f"{where}: expected an integer, got {v!r}")
+        return int(v)
+    if base is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}: expected true/false, got {v!r}")
+        return v
+    if base is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: expected a string, got {v!r}")
+        return v
+    if origin is list:
+        if isinstance(v, str):
+            v = [s.strip() for s in v.split(",") if s.strip()]
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {v!r}")
+        (item_tp,) = typing.get_args(base) or (Any,)
+        return [v_ if item_tp is Any else _coerce(v_, item_tp, where) for v_ in v]
+    return v

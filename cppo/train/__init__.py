@@ -1,0 +1,1 @@
+"""The builtin trainer: rollout engines, group advantages, the RL update loop, SFT warm start."""

@@ -1,0 +1,418 @@
+"""GRPO-style RL with any registered trust-region rule: the builtin update loop.
+
+One rollout step:
+  1. μ samples n responses to each of P prompts (the rollout engine records log μ(y_t), and μ's
+     top-K ids/log-probs only when the rule needs them). With ``staleness`` k, μ holds the weights
+     of k optimizer steps ago (emulating asynchronous inference).
+  2. Rewards → group advantages Â (std normalisation optional); groups with zero reward variance
+     are dropped and counted (the paper skips them).
+  3. π_old = the current weights, evaluated once on the whole batch (no gradient).
+  4. The kept sequences are shuffled and split into ``updates_per_rollout`` mini-batches; each gets
+     one AdamW step on  aggregate(rule(PolicyBatch).loss)  (mini-batch j > 1 is off-policy: π has
+     moved j − 1 steps away from π_old and from μ; this is where trust regions act).
+  5. The gradient norm is measured before clipping (and logged even with clipping off); a step
+     whose loss or gradient is not finite is skipped and counted; after ``max_bad_steps`` in a
+     row the run stops.
+
+No KL-to-reference term and no entropy bonus (as in the paper's protocol). π's log-probs use the
+rollout temperature, so that with fresh weights π_old = μ up to numerics.
+
+Files (run folder, Contract 2): ``config.yaml``, ``metrics.jsonl`` (one JSON object per rollout
+step, deterministic values only), ``perf.jsonl`` (timings), ``checkpoints/step_<n>/``, ``final/``,
+``position_profile.json``, ``done`` (written last). MLflow gets the same metrics, flushed at
+checkpoint boundaries only, so a resumed run never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cppo.config import RunConfig
+from cppo.train import checkpoint as ckpt
+from cppo.train.advantages import group_advantages
+from cppo.train.rollout import HFEngine, RolloutBatch, get_engine, left_pad
+
+# rule metrics aggregated by max over mini-batches (others: mean)
+_MAX_METRICS = {"div_max", "ratio_max"}
+
+
+@dataclass
+class SequenceBatch:
+    """Trainer-side tensors of the kept sequences of one rollout batch."""
+
+    input_ids: torch.Tensor  # (N, P + T) left-padded prompt ++ right-padded response
+    attention_mask: torch.Tensor | None  # (N, P + T) or None when nothing is padded on the left
+    position_ids: torch.Tensor  # (N, P + T)
+    P: int  # prompt width
+    response_ids: torch.Tensor  # (N, T)
+    mask: torch.Tensor  # (N, T) bool
+    rollout_logp: torch.Tensor  # (N, T)
+    advantages: torch.Tensor  # (N, T)
+    topk_ids: torch.Tensor | None  # (N, T, K)
+    topk_logp: torch.Tensor | None  # (N, T, K)
+
+    def select(self, idx: torch.Tensor) -> "SequenceBatch":
+        def s(t):
+            return None if t is None else t[idx]
+        return SequenceBatch(s(self.input_ids), s(self.attention_mask), s(self.position_ids), self.P,
+                             s(self.response_ids), s(self.mask), s(self.rollout_logp), s(self.advantages),
+                             s(self.topk_ids), s(self.topk_logp))
+
+
+def build_sequences(rb: RolloutBatch, adv: torch.Tensor, keep: torch.Tensor, pad_id: int) -> SequenceBatch:
+    idx = keep.nonzero().squeeze(-1)
+    prompts, pmask = left_pad([rb.prompt_ids[i] for i in idx.tolist()], pad_id)  # (N, P)
+    resp, mask = rb.response_ids[idx], rb.response_mask[idx]  # (N, T)
+    ids = torch.cat([prompts, resp], dim=1)  # (N, P + T)
+    full_mask = torch.cat([pmask, torch.ones_like(mask)], dim=1)
+    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
+    attn = None if bool(pmask.all()) else full_mask.long()  # right padding never affects earlier tokens
+    A = adv[idx].float()[:, None].expand_as(resp).contiguous()  # (N, T)
+    return SequenceBatch(ids, attn, pos, prompts.shape[1], resp, mask, rb.logp[idx],
+                         torch.where(mask, A, 0.0),
+                         None if rb.topk_ids is None else rb.topk_ids[idx],
+                         None if rb.topk_logp is None else rb.topk_logp[idx])
+
+
+def policy_logprobs(model, sb: SequenceBatch, temperature: float, want_topk: bool, want_entropy: bool):
+    """log π(y_t) (B, T), log π at μ's top-K ids (B, T, K) or None, entropy (B, T) or None."""
+    T = sb.response_ids.shape[1]
+    logits = model(input_ids=sb.input_ids, attention_mask=sb.attention_mask, position_ids=sb.position_ids).logits
+    logits = logits[:, sb.P - 1: sb.P - 1 + T].float() / temperature  # (B, T, V): position t predicts y_t
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, sb.response_ids[..., None]).squeeze(-1)  # (B, T)
+    topk = logp_all.gather(-1, sb.topk_ids) if want_topk and sb.topk_ids is not None else None  # (B, T, K)
+    ent = None
+    if want_entropy:
+        with torch.no_grad():
+            ent = -(logp_all.exp() * logp_all).sum(-1)  # (B, T)
+    return logp, topk, ent
+
+
+class ProfileAccumulator:
+    """Sums of the per-position profile over every mini-batch of the run."""
+
+    def __init__(self, n_buckets: int):
+        self.n = n_buckets
+        self.sums = {k: [0.0] * n_buckets for k in ("tokens", "div_sum", "eligible", "masked")}
+        self.batches = 0
+
+    def add(self, prof: dict) -> None:
+        for k in self.sums:
+            self.sums[k] = [a + b for a, b in zip(self.sums[k], prof[k])]
+        self.batches += 1
+
+    def result(self) -> dict:
+        s = self.sums
+        return {"by": "relative", "n_buckets": self.n, "batches": self.batches, **s,
+                "div_mean": [d / t if t else 0.0 for d, t in zip(s["div_sum"], s["tokens"])],
+                "masked_frac": [m / e if e else 0.0 for m, e in zip(s["masked"], s["eligible"])]}
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "batches": self.batches}
+
+    def load(self, st: dict) -> None:
+        self.sums, self.batches = st["sums"], st["batches"]
+
+
+@torch.no_grad()
+def evaluate(engine: HFEngine, task, splits: list[str], n: int, temperature: float, max_new_tokens: int,
+             seed: int, modes: tuple[str, ...] = ("greedy", "sampled")) -> dict[str, float]:
+    """Greedy and/or sampled (one sample, at ``temperature``) accuracy on each split."""
+    out = {}
+    for split in splits:
+        rows = task.eval_split(split, n, seed=0)
+        limit = max_new_tokens
+        if all(r.get("solution") for r in rows):  # chain: room for the whole answer and the end token
+            limit = max(limit, max(len(r["solution"]) for r in rows) + 1)
+        prompts, answers = [r["problem"] for r in rows], [r["answer"] for r in rows]
+        for mode, temp in (("greedy", 0.0), ("sampled", temperature)):
+            if mode not in modes:
+                continue
+            gen = torch.Generator().manual_seed(seed)
+            rb = engine.generate(prompts, 1, limit, temp, 1.0, None, gen)
+            r = task.rewards(rb.texts, answers, rb.finished.tolist())
+            out[f"eval/{split}/{mode}_acc"] = sum(r) / max(len(r), 1)
+    return out
+
+
+class Trainer:
+    """One RL run. Build, then :meth:`run` (resumes from the newest step checkpoint if any)."""
+
+    def __init__(self, run: RunConfig, run_dir: Path, init: str, mlflow_run_id: str | None = None,
+                 progress: bool = True):
+        from cppo.config import build_rule
+        from cppo.models import load_model
+        from cppo.tasks import get_task
+
+        self.run_cfg, self.rl, self.run_dir = run, run.rl, Path(run_dir)
+        torch.set_num_threads(self.rl.num_threads)
+        ckpt.seed_everything(run.seed)
+        self.rule = build_rule(run.method)
+        self.task = get_task({**vars(run.task), "data_dir": run.data_dir} if run.task.name == "math" else vars(run.task))
+        self.model, self.tok = load_model(init)
+        if getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager"):
+            self.model.config._attn_implementation = self.rl.attn_implementation
+        self.model.train()
+        self.engine = get_engine(self.rl.engine, self.model, self.tok, copy_model=self.rl.staleness > 0)
+        self.eval_engine = HFEngine(self.model, self.tok)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
+                                     weight_decay=self.rl.weight_decay)
+        # independent random streams: prompts, sampling, mini-batch shuffling
+        self.prompt_rng = random.Random(run.seed)
+        self.sample_gen = torch.Generator().manual_seed(run.seed)
+        self.shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
+        # weights of the last `staleness` optimizer steps; history[0] is what μ samples with
+        self.history: collections.deque = collections.deque(maxlen=self.rl.staleness + 1)
+        if self.rl.staleness > 0:
+            self.history.append(_clone_state(self.model))
+        self.profile = ProfileAccumulator(self.rl.position_buckets)
+        self.counters = {"updates": 0, "bad_steps": 0, "bad_in_a_row": 0, "skipped_rollouts": 0, "zero_var_groups": 0}
+        self.step = 0
+        self.stopped_reason: str | None = None
+        self.mlflow_run_id = mlflow_run_id
+        self.buffer = None
+        if mlflow_run_id:
+            from cppo.tracking import MetricBuffer
+
+            self.buffer = MetricBuffer(mlflow_run_id)
+        self.progress = progress
+
+    # ------------------------------------------------------------------ files
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.jsonl"
+
+    def _append(self, path: Path, rec: dict) -> None:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    def _log(self, step: int, metrics: dict[str, float], perf: dict[str, float] | None = None) -> None:
+        self._append(self.metrics_path, {"step": step, **metrics})
+        if perf:
+            self._append(self.run_dir / "perf.jsonl", {"step": step, **perf})
+        if self.buffer is not None:
+            self.buffer.add(step, {**metrics, **(perf or {})})
+
+    def _state(self) -> dict:
+        return {
+            "step": self.step, "optimizer": self.opt.state_dict(), "history": list(self.history),
+            "rng": ckpt.rng_state({"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen}),
+            "counters": dict(self.counters), "profile": self.profile.state(), "stopped_reason": self.stopped_reason,
+        }
+
+    def _save(self) -> None:
+        ckpt.save_step(self.run_dir / "checkpoints", self.step, self.model, self.tok, self._state(),
+                       keep=self.rl.keep_checkpoints)
+        self._flush_mlflow()
+
+    def _flush_mlflow(self) -> None:
+        if self.buffer is not None:
+            self.buffer.flush()
+            ckpt.atomic_write_text(self.run_dir / "mlflow_logged_step", f"{self.step}\n")
+
+    def _resume(self) -> bool:
+        """Restore the newest complete step checkpoint; returns True when one was found."""
+        found = ckpt.step_dirs(self.run_dir / "checkpoints")
+        if not found:
+            # a fresh start: drop files of a run killed before its first checkpoint
+            for name in ("metrics.jsonl", "perf.jsonl", "mlflow_logged_step"):
+                (self.run_dir / name).unlink(missing_ok=True)
+            return False
+        step, path = found[-1]
+        from transformers import AutoModelForCausalLM
+
+        weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
+        self.model.load_state_dict(weights)
+        st = ckpt.load_state(path)
+        self.opt.load_state_dict(st["optimizer"])
+        self.history = collections.deque(st["history"], maxlen=self.rl.staleness + 1)
+        ckpt.set_rng_state(st["rng"], {"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen})
+        self.counters, self.step, self.stopped_reason = dict(st["counters"]), st["step"], st["stopped_reason"]
+        self.profile.load(st["profile"])
+        # metrics after the checkpoint were computed by the killed process: drop them (recomputed now)
+        for name in ("metrics.jsonl", "perf.jsonl"):
+            p = self.run_dir / name
+            if p.exists():
+                keep = [ln for ln in p.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+                ckpt.atomic_write_text(p, "".join(ln + "\n" for ln in keep))
+        # MLflow: re-log what the killed process checkpointed but did not flush (never more)
+        if self.buffer is not None:
+            lp = self.run_dir / "mlflow_logged_step"
+            logged = int(lp.read_text()) if lp.exists() else -1
+            if logged < step:
+                for name in ("metrics.jsonl", "perf.jsonl"):
+                    p = self.run_dir / name
+                    for ln in (p.read_text().splitlines() if p.exists() else []):
+                        rec = json.loads(ln)
+                        if logged < rec["step"] <= step:
+                            self.buffer.add(rec.pop("step"), rec)
+                self._flush_mlflow()
+        return True
+
+    # ------------------------------------------------------------------ one rollout step
+    def rollout(self) -> tuple[RolloutBatch, list[dict]]:
+        rows = self.task.sample(self.prompt_rng, self.rl.prompts_per_rollout)
+        if self.rl.staleness > 0:
+            self.engine.sync_weights(self.history[0])
+        rb = self.engine.generate([r["problem"] for r in rows], self.rl.samples_per_prompt, self.rl.max_new_tokens,
+                                  self.rl.temperature, self.rl.top_p,
+                                  self.rl.topk if self.rule.needs_topk else None, self.sample_gen)
+        return rb, rows
+
+    def update(self, sb: SequenceBatch) -> dict[str, float]:
+        """π_old once, then one optimizer step per mini-batch. Returns averaged metrics."""
+        from cppo.rules import PolicyBatch, aggregate_loss
+        from cppo.rules.diagnostics import position_profile
+
+        rl, model = self.rl, self.model
+        need_topk = self.rule.needs_topk
+        with torch.no_grad():
+            old_logp, old_topk, _ = policy_logprobs(model, sb, rl.temperature, need_topk, False)  # (N, T)
+        N = sb.input_ids.shape[0]
+        perm = torch.randperm(N, generator=self.shuffle_gen)
+        sums: dict[str, list[float]] = collections.defaultdict(list)
+        for chunk in torch.tensor_split(perm, min(rl.updates_per_rollout, N)):
+            mb = sb.select(chunk)
+            logp, pol_topk, ent = policy_logprobs(model, mb, rl.temperature, need_topk, True)
+            batch = PolicyBatch(
+                logp=logp, old_logp=old_logp[chunk], rollout_logp=mb.rollout_logp, advantages=mb.advantages,
+                mask=mb.mask, rollout_topk_ids=mb.topk_ids, rollout_topk_logp=mb.topk_logp,
+                policy_topk_logp=pol_topk, old_topk_logp=None if old_topk is None else old_topk[chunk],
+                token_ids=mb.response_ids, entropy=ent,
+            )
+            out = self.rule(batch)
+            loss = aggregate_loss(out.loss, mb.mask, rl.loss_agg, norm_constant=float(rl.max_new_tokens))
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip if rl.grad_clip else math.inf)
+            gnorm = float(gnorm)
+            if math.isfinite(float(loss)) and math.isfinite(gnorm):
+                self.opt.step()
+                self.counters["bad_in_a_row"] = 0
+            else:  # NaN/inf guard: skip this update
+                self.counters["bad_steps"] += 1
+                self.counters["bad_in_a_row"] += 1
+            self.opt.zero_grad(set_to_none=True)
+            self.counters["updates"] += 1
+            if rl.staleness > 0:
+                self.history.append(_clone_state(model))
+            sums["train/loss"].append(float(loss))
+            sums["train/grad_norm"].append(gnorm)
+            for k, v in out.metrics.items():
+                sums[f"rule/{k}"].append(float(v))
+            self.profile.add(position_profile(batch, out, n_buckets=rl.position_buckets))
+            if self.counters["bad_in_a_row"] >= rl.max_bad_steps:
+                self.stopped_reason = f"{rl.max_bad_steps} non-finite updates in a row"
+                break
+        m = {}
+        for k, vals in sums.items():
+            name = k.split("/", 1)[1]
+            m[k] = max(vals) if name in _MAX_METRICS else sum(vals) / len(vals)
+        m["train/grad_norm_max"] = max(sums["train/grad_norm"])
+        return m
+
+    def train_step(self) -> tuple[dict[str, float], dict[str, float]]:
+        rl = self.rl
+        t0 = time.perf_counter()
+        rb, rows = self.rollout()
+        t1 = time.perf_counter()
+        answers = [r["answer"] for r in rows for _ in range(rl.samples_per_prompt)]
+        rewards = torch.tensor(self.task.rewards(rb.texts, answers, rb.finished.tolist()), dtype=torch.float32)
+        adv, keep = group_advantages(rewards, rl.samples_per_prompt, rl.std_norm, rl.adv_eps)
+        n_groups = rl.prompts_per_rollout
+        zero_var = n_groups - int(keep.view(n_groups, -1)[:, 0].sum())
+        self.counters["zero_var_groups"] += zero_var
+        lens = rb.response_mask.sum(1).float()
+        m = {
+            "rollout/reward_mean": float(rewards.mean()),
+            "rollout/response_len": float(lens.mean()),
+            "rollout/finished_frac": float(rb.finished.float().mean()),
+            "rollout/zero_var_frac": zero_var / n_groups,
+            "rollout/seqs_used": int(keep.sum()),
+        }
+        if keep.any():
+            m.update(self.update(build_sequences(rb, adv, keep, self.tok.pad_token_id)))
+        else:
+            self.counters["skipped_rollouts"] += 1
+        t2 = time.perf_counter()
+        m.update({"train/updates": self.counters["updates"], "train/bad_steps": self.counters["bad_steps"],
+                  "train/skipped_rollouts": self.counters["skipped_rollouts"], "train/lr": rl.lr})
+        gen_tokens = rb.n_tokens
+        n_upd_tokens = int(rb.response_mask[keep].sum()) if keep.any() else 0
+        perf = {"perf/gen_s": t1 - t0, "perf/update_s": t2 - t1,
+                "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),  # generated tokens
+                "perf/update_tokens_per_s": n_upd_tokens / max(t2 - t1, 1e-9)}  # trained response tokens
+        return m, perf
+
+    def evaluate(self) -> dict[str, float]:
+        splits = self.rl.eval_splits if self.run_cfg.task.name == "chain" else list(self.run_cfg.task.test_files)
+        return evaluate(self.eval_engine, self.task, splits, self.rl.eval_n, self.rl.temperature,
+                        self.rl.max_new_tokens, seed=self.run_cfg.seed * 100_003 + self.step)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict[str, Any]:
+        from tqdm import tqdm
+
+        rl = self.rl
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self._resume()
+        if not resumed and self.step == 0:
+            m = self.evaluate() if rl.eval_every else {}
+            self._log(0, m)
+        bar = tqdm(total=rl.steps, initial=self.step, desc=f"{self.run_cfg.method.name}/{self.run_cfg.scale}/seed{self.run_cfg.seed}",
+                   disable=not self.progress, dynamic_ncols=True)
+        last = {}
+        while self.step < rl.steps and self.stopped_reason is None:
+            m, perf = self.train_step()
+            self.step += 1
+            if self.stopped_reason is not None:
+                m["train/stopped_nonfinite"] = 1.0
+            if rl.eval_every and (self.step % rl.eval_every == 0 or self.step == rl.steps or self.stopped_reason):
+                m.update(self.evaluate())
+            self._log(self.step, m, perf)
+            last = m
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['rollout/reward_mean']:.3f}",
+                            masked=f"{m.get('rule/masked_frac', 0.0):.4f}")
+            if (rl.save_every and self.step % rl.save_every == 0) or self.step == rl.steps or self.stopped_reason:
+                self._save()
+        bar.close()
+        if self.step == 0 and not resumed:  # steps == 0: the start is the end
+            self._save()
+        self._finish()
+        return last
+
+    def _finish(self) -> None:
+        from cppo.models import save_checkpoint
+
+        save_checkpoint(self.model, self.tok, self.run_dir / "final")
+        ckpt.atomic_write_json(self.run_dir / "position_profile.json",
+                               {"rule": self.rule.name, "params": _jsonable(self.rule.params), **self.profile.result()})
+        if self.mlflow_run_id:
+            from cppo import tracking
+
+            self._flush_mlflow()
+            tracking.log_artifact(self.mlflow_run_id, self.run_dir / "position_profile.json")
+            tracking.set_tags(self.mlflow_run_id, {"stopped_reason": self.stopped_reason or "completed",
+                                                   "final_step": self.step})
+            tracking.end_run(self.mlflow_run_id)
+        ckpt.atomic_write_json(self.run_dir / "done", {"step": self.step, "stopped_reason": self.stopped_reason,
+                                                       **{k: v for k, v in self.counters.items() if k != "bad_in_a_row"}})
+
+
+def _clone_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else str(v)) for k, v in d.items()}
