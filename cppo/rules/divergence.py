@@ -114,19 +114,22 @@ def topk_divergence(kind: str, topk_pi: Tensor, topk_ref: Tensor, rank_key: Tens
     """
     kth = rank_key.argmin(dim=-1, keepdim=True)  # (B, T, 1)
     p_pi, p_ref = topk_pi.exp(), topk_ref.exp()  # (B, T, K)
-    out = ~in_set
+    out = (~in_set).to(p_pi.dtype)  # 1 where y_t replaces the K-th entry (a product: cheaper than where())
     kth_pi, kth_ref = p_pi.gather(-1, kth).squeeze(-1), p_ref.gather(-1, kth).squeeze(-1)  # (B, T)
     y_pi, y_ref = logp_pi_t.exp(), logp_ref_t.exp()
-    # Σ_S π and Σ_S ref after the swap, and the rest masses
-    sum_pi = p_pi.sum(-1) + torch.where(out, y_pi - kth_pi, 0.0)
-    sum_ref = p_ref.sum(-1) + torch.where(out, y_ref - kth_ref, 0.0)
-    rest_pi, rest_ref = (1.0 - sum_pi).clamp_min(0.0), (1.0 - sum_ref).clamp_min(0.0)
     if kind == "topk_tv":
-        head = (p_ref - p_pi).abs().sum(-1) + torch.where(out, (y_ref - y_pi).abs() - (kth_ref - kth_pi).abs(), 0.0)
-        return 0.5 * (head + (rest_ref - rest_pi).abs())
+        diff = p_ref - p_pi  # (B, T, K)
+        head = diff.abs().sum(-1) + out * ((y_ref - y_pi).abs() - (kth_ref - kth_pi).abs())
+        # rest_ref − rest_pi = −Σ_S (ref − π): one sum instead of two rest masses
+        rest = diff.sum(-1) + out * ((y_ref - y_pi) - (kth_ref - kth_pi))
+        return 0.5 * (head + rest.abs())
+    # Σ_S π and Σ_S ref after the swap, and the rest masses
+    sum_pi = p_pi.sum(-1) + out * (y_pi - kth_pi)
+    sum_ref = p_ref.sum(-1) + out * (y_ref - kth_ref)
+    rest_pi, rest_ref = (1.0 - sum_pi).clamp_min(0.0), (1.0 - sum_ref).clamp_min(0.0)
     head = (p_ref * (topk_ref - topk_pi)).sum(-1)
     swap = y_ref * (logp_ref_t - logp_pi_t) - kth_ref * (topk_ref.gather(-1, kth) - topk_pi.gather(-1, kth)).squeeze(-1)
-    head = head + torch.where(out, swap, 0.0)
+    head = head + out * swap
     tail = rest_ref * (rest_ref.clamp_min(_EPS).log() - rest_pi.clamp_min(_EPS).log())
     return (head + tail).clamp_min(0.0)
 
@@ -169,7 +172,8 @@ def token_divergence(batch: PolicyBatch, kind: str, anchor: str = "rollout", ter
         else:
             topk_ref = topk_mu
         if batch.token_ids is not None and batch.rollout_topk_ids is not None:
-            in_set = (batch.rollout_topk_ids == batch.token_ids.unsqueeze(-1)).any(dim=-1)  # (B, T)
+            # amax over K is any() (the faster kernel on CPU)
+            in_set = (batch.rollout_topk_ids == batch.token_ids.unsqueeze(-1)).amax(dim=-1)  # (B, T)
         else:
             # y_t ∈ top-K(μ) iff μ(y_t) ≥ the K-th largest μ (ties count as "in the set")
             rollout = logp_ref if anchor == "rollout" else torch.where(mask, batch.rollout_logp.to(dt), 0.0)
