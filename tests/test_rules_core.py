@@ -251,3 +251,17 @@ def test_cli_lists_every_rule(capsys):
 
     info = json.loads(capsys.readouterr().out)
     assert info["cppo"]["params"]["w_min"]["default"] == 0.8
+
+
+def test_benchmark_script_runs(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rules.py"
+    spec = importlib.util.spec_from_file_location("bench_rules", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--sizes", "4x16", "--repeat", "1", "--devices", "cpu"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")]
+    assert len(rows) == len(mod.VARIANTS)
+    assert rows[0].startswith("| cpu | 4×16 | ppo_clip |") and rows[0].endswith("| 1.00 |")
