@@ -228,6 +228,13 @@ def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
     summary = (out / "summary.md").read_text()
     assert "Pipeline wall time" in summary and "4 finished, 4 evaluated" in summary
 
+    # the HTML report embeds the figures and the table
+    html = tmp_path / "report.html"
+    rep = _snakemake("--configfile", str(cfg), "--report", str(html), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = html.read_text()
+    assert "curves_scale-s_setting-fresh.png" in text and "table.csv" in text
+
     # nothing left to do: a second invocation plans no job
     again = _snakemake("-n", "--configfile", str(cfg), cwd=tmp_path)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

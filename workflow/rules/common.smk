@@ -67,13 +67,6 @@ CPPO = shlex.quote(os.path.join(_exe_dir, "cppo")) if os.path.exists(os.path.joi
 PYTHON = shlex.quote(sys.executable)
 SCRIPTS = os.path.join(workflow.basedir, "workflow", "scripts")
 
-# If the MLflow store was deleted, the parents must be created again.
-_db = os.environ["MLFLOW_TRACKING_URI"]
-if _db.startswith("sqlite:///") and not os.path.exists(_db[len("sqlite:///"):]):
-    if os.path.exists(f"{RESULTS}/runs/_mlflow_parents.json"):
-        os.remove(f"{RESULTS}/runs/_mlflow_parents.json")
-
-
 wildcard_constraints:
     setting=r"[^/~]+",
     method=r"[^/~]+",
