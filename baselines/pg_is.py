@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
+
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import is_surrogate, policy_terms
@@ -43,5 +45,5 @@ def pg_is(batch: PolicyBatch, p: PGISParams) -> RuleOutput:
     kept = batch.mask.clone()  # every response token gets gradient
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap)
     # "limited": the tokens whose weight the cap reduced
-    limited = kept & (log_ratio > math.log(p.trunc_cap)) if p.trunc_cap is not None else kept & False
+    limited = kept & (log_ratio > math.log(p.trunc_cap)) if p.trunc_cap is not None else torch.zeros_like(kept)
     return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited, terms=terms), limited=limited)

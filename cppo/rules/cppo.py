@@ -26,7 +26,8 @@ Design decisions (each a parameter; METHODS.md marks the paper's ambiguities as 
   and gradient weight 1 where gate_t ∨ I_t, else min(1, 1/x_t). Soft-gated tokens are "kept" (weight > 0)
   and counted in masked_frac as down-weighted.
 - Ablations: `no_position_weight` (w ≡ 1), `no_prefix_budget` (only w_t D_t ≤ δ), `shuffled_weights`
-  (the same multiset of w_t at random response positions, drawn from `shuffle_seed`: deterministic).
+  (the same multiset of w_t at random response positions, drawn from `shuffle_seed`: deterministic
+  for a given batch shape, but not padding- or permutation-invariant, by construction).
 - `anchor`: `rollout` (ρ and D against μ, the paper) or `old` (against π_old).
 - Metrics: token_reject_frac (eligible tokens failing the gate with Z_t > δ) and prefix_reject_frac
   (failing the gate with Z_t ≤ δ but over the prefix budget); they sum to masked_frac in hard mode.

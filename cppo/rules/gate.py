@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from cppo.rules.types import Tensor
+from cppo.rules.types import PolicyBatch, Tensor
 
 
 def advantage_gate(advantages: Tensor, log_ratio: Tensor) -> Tensor:
@@ -43,17 +43,15 @@ def is_surrogate(advantages: Tensor, logp: Tensor, log_ratio: Tensor, keep: Tens
     Args:
         advantages: (B, T) Â, zero on padding.
         logp: (B, T) log π, finite on padding (callers zero it there); carries the gradient.
-        log_ratio: (B, T) log ρ = log π − log anchor (from `masked_log_ratio`), carries the gradient.
+        log_ratio: (B, T) log ρ = log π − log anchor (from `policy_terms`), carries the gradient.
         keep: (B, T) bool; the loss (and its gradient) is exactly zero where False.
         trunc_cap: C, or None for the uncapped form.
         weight: optional (B, T) detached extra weight (soft gates), multiplies the loss.
     """
     coef = masked_coef(keep, advantages, weight)  # detached: exactly 0 where not kept, so is the gradient
-    if trunc_cap is not None:
-        coef = coef * log_ratio.detach().exp().clamp_max(trunc_cap)
     if trunc_cap is None:
         return coef * log_ratio.exp()  # −Â ρ, gradient through ρ
-    return coef * logp  # −Â sg(min(ρ, C)) log π
+    return coef * log_ratio.detach().exp().clamp_max(trunc_cap) * logp  # −Â sg(min(ρ, C)) log π
 
 
 @dataclass
@@ -69,7 +67,7 @@ class Terms:
     anchor: str
 
 
-def policy_terms(batch, anchor: str) -> Terms:
+def policy_terms(batch: PolicyBatch, anchor: str) -> Terms:
     """The sanitised terms every rule starts from (computed once, shared with divergences and diagnostics)."""
     from cppo.rules.divergence import LOG_RATIO_CLAMP, anchor_logp, compute_dtype
 
