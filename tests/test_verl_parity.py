@@ -53,7 +53,8 @@ def parity() -> dict:
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError:
-        pytest.fail(f"check.py did not print JSON (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        pytest.fail(f"check.py did not print JSON (rc={proc.returncode}):\n"
+                    f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
 
 
 @pytest.mark.parametrize("name", EXPECTED)

@@ -1,4 +1,4 @@
-"""`cppo prepare-data`: verl parquet from the local benchmark JSONL and from a DAPO-Math-17k-shaped file (no network)."""
+"""`cppo prepare-data`: verl parquet from the local benchmark JSONL and a DAPO-Math-17k-shaped file (no network)."""
 
 from __future__ import annotations
 

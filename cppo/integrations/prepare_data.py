@@ -29,7 +29,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 DAPO_NAME = "dapo-math-17k"
 DAPO_HUB_REPO = "BytedTsinghua-SIA/DAPO-Math-17k"
@@ -150,7 +150,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="split tag stored in extra_info (default: train for "
                         f"{DAPO_NAME} and *_train sources, test otherwise)")
     parser.add_argument("--input", default=None, help="read this .parquet/.jsonl instead of the data dir / hub")
-    parser.add_argument("--data-dir", default=None, help="benchmark data folder (default: CPPO_DATA_DIR, ../shared/data)")
+    parser.add_argument("--data-dir", default=None,
+                        help="benchmark data folder (default: CPPO_DATA_DIR, else ../shared/data)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N rows (after de-duplication)")
     parser.add_argument("--template", default=None, help="prompt template with {problem} (default: the math task's)")
 

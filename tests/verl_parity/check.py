@@ -204,7 +204,8 @@ def check_registry(rule_name: str) -> dict:
         parts.append(f"{agg}: loss {float(l_o):+.4f}")
     ok = worst < TOL and n_kept > 0 and (params_matter or not params)
     return {"ok": ok, "max_diff": worst,
-            "detail": f"params {params} (change the result: {params_matter}); kept tokens {n_kept}; " + ", ".join(parts)}
+            "detail": f"params {params} (change the result: {params_matter}); kept tokens {n_kept}; "
+                      + ", ".join(parts)}
 
 
 def check_loss_fn_inputs(_: str) -> dict:

@@ -40,7 +40,8 @@ def compose_one(overrides: list[str]) -> dict:
     r = cfg.actor_rollout_ref.rollout
     return {
         "ok": True, "error": None,
-        "policy_loss_class": type(pl).__name__, "loss_mode": pl.loss_mode, "rule": rule.name, "rule_params": rule.params,
+        "policy_loss_class": type(pl).__name__, "loss_mode": pl.loss_mode, "rule": rule.name,
+        "rule_params": rule.params,
         "loss_agg_mode": actor.loss_agg_mode, "loss_scale_factor": actor.loss_scale_factor,
         "ppo_mini_batch_size": cfg.actor_rollout_ref.actor.ppo_mini_batch_size, "ppo_epochs": actor.ppo_epochs,
         "train_batch_size": cfg.data.train_batch_size, "n": r.n, "max_response_length": cfg.data.max_response_length,
