@@ -110,10 +110,10 @@ def position_weights(mask: Tensor, p: CPPOParams, dt: torch.dtype = torch.float3
     else:
         horizon = torch.full((1, 1), float(p.max_horizon or mask.shape[1]), dtype=dt, device=mask.device)
     slope = (1.0 - p.w_min) / (horizon - 1.0).clamp_min(1.0)  # (B, 1) or (1, 1); T = 1 gives w_1 = 1
-    w = 1.0 - slope * idx
+    w = idx.mul_(-slope).add_(1.0)  # 1 − slope·(t − 1), in place: idx is a fresh temporary
     if p.horizon == "max":  # a response longer than max_horizon keeps w_min past the horizon
-        w = w.clamp_min(p.w_min)
-    return w * mask_f
+        w.clamp_min_(p.w_min)
+    return w.mul_(mask_f)
 
 
 def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
@@ -173,7 +173,7 @@ def cppo(batch: PolicyBatch, p: CPPOParams) -> RuleOutput:
             # one-step right shift: S_{t−1}, W_{t−1} (S_0 = W_0 = 0)
             s_prev = torch.nn.functional.pad(s[:, :-1], (1, 0))
             w_prev = torch.nn.functional.pad(w.cumsum(dim=1)[:, :-1], (1, 0))
-            budget = p.delta + prefix_delta_b(div, mask, p) * w_prev  # δ + δ_b W_{t−1}
+            budget = w_prev.mul_(prefix_delta_b(div, mask, p)).add_(p.delta)  # δ + δ_b W_{t−1} (in place)
             passed = token_ok & (z <= budget - s_prev)  # Z_t ≤ min(δ, δ + δ_b W_{t−1} − S_{t−1})
         ok = gate | passed
         weight = None
