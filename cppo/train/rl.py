@@ -98,6 +98,22 @@ def policy_logprobs(model, sb: SequenceBatch, temperature: float, want_topk: boo
     return logp, topk, ent
 
 
+def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor, old_topk: torch.Tensor | None, rl):
+    """The scalar loss of one mini-batch: aggregate(rule(PolicyBatch).loss). Returns (loss, out, batch)."""
+    from cppo.rules import PolicyBatch, aggregate_loss
+
+    logp, pol_topk, ent = policy_logprobs(model, mb, rl.temperature, rule.needs_topk, True)  # (B, T)
+    batch = PolicyBatch(
+        logp=logp, old_logp=old_logp, rollout_logp=mb.rollout_logp, advantages=mb.advantages, mask=mb.mask,
+        rollout_topk_ids=mb.topk_ids, rollout_topk_logp=mb.topk_logp, policy_topk_logp=pol_topk,
+        old_topk_logp=old_topk, token_ids=mb.response_ids, entropy=ent,
+    )
+    out = rule(batch)
+    # norm constant of seq-mean-token-sum-norm: the response length limit (Dr. GRPO)
+    loss = aggregate_loss(out.loss, mb.mask, rl.loss_agg, norm_constant=float(rl.max_new_tokens))
+    return loss, out, batch
+
+
 class ProfileAccumulator:
     """Sums of the per-position profile over every mini-batch of the run."""
 
@@ -271,7 +287,6 @@ class Trainer:
 
     def update(self, sb: SequenceBatch) -> dict[str, float]:
         """π_old once, then one optimizer step per mini-batch. Returns averaged metrics."""
-        from cppo.rules import PolicyBatch, aggregate_loss
         from cppo.rules.diagnostics import position_profile
 
         rl, model = self.rl, self.model
@@ -282,21 +297,13 @@ class Trainer:
         perm = torch.randperm(N, generator=self.shuffle_gen)
         sums: dict[str, list[float]] = collections.defaultdict(list)
         for chunk in torch.tensor_split(perm, min(rl.updates_per_rollout, N)):
-            mb = sb.select(chunk)
-            logp, pol_topk, ent = policy_logprobs(model, mb, rl.temperature, need_topk, True)
-            batch = PolicyBatch(
-                logp=logp, old_logp=old_logp[chunk], rollout_logp=mb.rollout_logp, advantages=mb.advantages,
-                mask=mb.mask, rollout_topk_ids=mb.topk_ids, rollout_topk_logp=mb.topk_logp,
-                policy_topk_logp=pol_topk, old_topk_logp=None if old_topk is None else old_topk[chunk],
-                token_ids=mb.response_ids, entropy=ent,
-            )
-            out = self.rule(batch)
-            loss = aggregate_loss(out.loss, mb.mask, rl.loss_agg, norm_constant=float(rl.max_new_tokens))
+            loss, out, batch = minibatch_loss(self.rule, model, sb.select(chunk), old_logp[chunk],
+                                              None if old_topk is None else old_topk[chunk], rl)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip if rl.grad_clip else math.inf)
-            gnorm = float(gnorm)
-            if math.isfinite(float(loss)) and math.isfinite(gnorm):
+            gnorm, loss = float(gnorm), float(loss.detach())
+            if math.isfinite(loss) and math.isfinite(gnorm):
                 self.opt.step()
                 self.counters["bad_in_a_row"] = 0
             else:  # NaN/inf guard: skip this update
@@ -306,7 +313,7 @@ class Trainer:
             self.counters["updates"] += 1
             if rl.staleness > 0:
                 self.history.append(_clone_state(model))
-            sums["train/loss"].append(float(loss))
+            sums["train/loss"].append(loss)
             sums["train/grad_norm"].append(gnorm)
             for k, v in out.metrics.items():
                 sums[f"rule/{k}"].append(float(v))

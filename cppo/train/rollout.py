@@ -129,8 +129,9 @@ class HFEngine:
         padded = not bool(pmask.all())
         attn = pmask.long() if padded else None  # no mask at all when every prompt has the same length
         pos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        cache_kw = _cache_kwarg(model)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past, logits = out.past_key_values, out.logits[:, -1]  # (B, V)
+        past, logits = _out_cache(out), out.logits[:, -1]  # (B, V)
         next_pos = pos[:, -1:] + 1  # (B, 1)
 
         toks, logps, tk_ids, tk_logp = [], [], [], []
@@ -150,8 +151,8 @@ class HFEngine:
             if attn is not None:
                 attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
             out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
-                        past_key_values=past, use_cache=True, logits_to_keep=1)
-            past, logits = out.past_key_values, out.logits[:, -1]
+                        use_cache=True, logits_to_keep=1, **{cache_kw: past})
+            past, logits = _out_cache(out), out.logits[:, -1]
             next_pos = next_pos + 1
         model.train(was_training)
 
@@ -169,6 +170,18 @@ class HFEngine:
             topk_logp=torch.stack(tk_logp, dim=1).float() if topk else None,
             texts=texts, finished=finished,
         )
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _out_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 ENGINES: dict[str, Callable[..., RolloutEngine]] = {"hf": HFEngine}
@@ -192,7 +205,7 @@ def _load_optional_engines() -> None:
     """Engines that live in other modules register themselves on import (scale-out helper)."""
     import importlib
 
-    for mod in ("cppo.train.rollout_fast", "cppo.integrations.vllm_engine"):
+    for mod in ("cppo.train.fastgen", "cppo.train.vllm_engine"):
         try:
             importlib.import_module(mod)
         except ImportError:

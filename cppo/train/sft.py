@@ -94,7 +94,7 @@ def run_sft(cfg: Config, scale: str, sft: SFTConfig, out_dir: str | Path, progre
         opt.step()
         sched.step()
         step += 1
-        last_loss = float(loss)
+        last_loss = float(loss.detach())
         bar.update(1)
         if step % sft.eval_every == 0:
             rec = validate()

@@ -1,0 +1,258 @@
+"""RL trainer: advantages, config resolution, determinism, SIGKILL + resume, PG equivalence, bad configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cppo.config import ConfigError, config_from_dict, load_config, resolve_run, resolve_sft
+from cppo.train.advantages import group_advantages
+
+REPO = Path(__file__).resolve().parents[1]
+
+CFG = {
+    "profile": "unit",
+    "task": {"name": "chain", "K": 4, "modulus": 10, "max_operand": 3, "ood_K": 6},
+    "scales": {"xs": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                      "num_key_value_heads": 1, "intermediate_size": 96}},
+    "sft": {"batch_size": 64, "lr": 1.0e-2, "warmup_steps": 10, "max_steps": 400, "eval_every": 10,
+            "val_n": 128, "target_sampled_acc": 0.3},
+    "rl": {"prompts_per_rollout": 4, "samples_per_prompt": 4, "updates_per_rollout": 2, "steps": 6,
+           "max_new_tokens": 8, "eval_every": 3, "eval_n": 16, "save_every": 2, "lr": 1.0e-3},
+    "settings": {"fresh": {"grad_clip": None, "staleness": 0}, "stale": {"grad_clip": 1.0, "staleness": 2}},
+    "methods": {"grpo": {"rule": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
+                "cppo": {"rule": "cppo", "delta": 0.15, "delta_b": 0.02, "w_min": 0.8, "divergence": "binary_tv"}},
+}
+
+
+def write_cfg(tmp_path: Path, **changes) -> Path:
+    cfg = json.loads(json.dumps(CFG))
+    for k, v in changes.items():
+        cfg[k] = v
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(tmp_path_factory) -> Path:
+    """A short SFT of the xs model on K=4 chains: a base with mixed rewards (so groups have variance)."""
+    from cppo.train.sft import run_sft
+
+    out = tmp_path_factory.mktemp("base") / "xs"
+    cfg = config_from_dict(json.loads(json.dumps(CFG)))
+    m = run_sft(cfg, "xs", resolve_sft(cfg, "xs"), out, progress=False)
+    assert 0.05 < m["val_sampled_acc"] < 0.95, m
+    return out
+
+
+def train(cfg_path: Path, run_dir: Path, base: Path, *extra: str, method: str = "grpo", mlflow: bool = False,
+          seed: int = 3) -> int:
+    from cppo.cli import main
+
+    args = ["train", str(cfg_path), "--method", method, "--scale", "xs", "--seed", str(seed), "--run-dir", str(run_dir),
+            "--init", str(base), "--no-progress", *extra]
+    return main(args + ([] if mlflow else ["--no-mlflow"]))
+
+
+# --------------------------------------------------------------------------- advantages
+def test_group_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # two groups of 4
+    adv, keep = group_advantages(r, 4, std_norm=False)
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    assert keep.tolist() == [True] * 4 + [False] * 4  # the all-ones group carries no signal
+    adv, _ = group_advantages(r, 4, std_norm=True, eps=0.0)
+    assert torch.allclose(adv[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]))  # population std = 0.5
+    with pytest.raises(ValueError, match="G\\*n"):
+        group_advantages(torch.zeros(7), 4)
+
+
+# --------------------------------------------------------------------------- config
+def test_resolve_settings_per_scale_and_overrides(tmp_path):
+    p = write_cfg(tmp_path, rl={**CFG["rl"], "steps": {"xs": 9}})
+    cfg = load_config(p, ["rl.lr=3e-4", "settings.stale.staleness=3"])
+    run = resolve_run(cfg, "grpo", "xs", 1, "stale")
+    assert run.rl.steps == 9 and run.rl.lr == 3e-4 and isinstance(run.rl.lr, float)
+    assert run.rl.staleness == 3 and run.rl.grad_clip == 1.0
+    assert run.method.rule == "ppo_clip" and run.method.params == {"eps_low": 0.2, "eps_high": 0.28}
+    assert resolve_run(cfg, "grpo", "xs", 1, "stale", steps=2).rl.steps == 2
+    # every registered rule is runnable by name, with its defaults
+    from cppo.rules import list_rules
+
+    for rule in list_rules():
+        assert resolve_run(cfg, rule, "xs", 1).method.rule == rule
+    d = run.to_dict()
+    assert d["rl"]["staleness"] == 3 and d["method"]["name"] == "grpo"
+
+
+@pytest.mark.parametrize("changes,overrides,match", [
+    ({}, ["rl.steps=-1"], "rl.steps must be >= 0"),
+    ({}, ["rl.lr=0"], "rl.lr must be > 0"),
+    ({}, ["rl.loss_agg=mean"], "rl.loss_agg must be one of"),
+    ({}, ["rl.bogus=1"], "unknown key"),
+    ({}, ["methods.grpo.eps_hgih=0.3"], "method 'grpo'"),
+    ({}, ["rl.samples_per_prompt=1"], "group"),
+    ({}, ["rl.lr=fast"], "expected a number"),
+])
+def test_bad_values_raise_clear_errors(tmp_path, changes, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        cfg = load_config(write_cfg(tmp_path, **changes), overrides)
+        resolve_run(cfg, "grpo", "xs", 1)
+
+
+def test_unknown_names(tmp_path):
+    cfg = load_config(write_cfg(tmp_path))
+    with pytest.raises(ConfigError, match="unknown method 'nope'.*registered rules"):
+        resolve_run(cfg, "nope", "xs", 1)
+    with pytest.raises(ConfigError, match="unknown scale"):
+        resolve_run(cfg, "grpo", "xl", 1)
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve_run(cfg, "grpo", "xs", 1, "async")
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_tiny_profile_resolves_every_method_and_cell():
+    cfg = load_config(REPO / "config" / "tiny.yaml")
+    for method in cfg.methods:
+        for scale in cfg.grid.scales:
+            for setting in cfg.grid.settings:
+                run = resolve_run(cfg, method, scale, 1, setting)
+                assert run.rl.steps >= 1
+    assert set(cfg.grid.methods) <= set(cfg.methods)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--method", "nope"], "unknown method"),
+    (["--method", "grpo", "--steps", "-3"], "rl.steps must be >= 0"),
+    (["--method", "grpo", "--set", "methods.grpo.eps_low=-1"], "method 'grpo'"),
+    (["--method", "grpo"], "base checkpoint of scale 'xs' not found"),  # no --init, no base
+])
+def test_bad_cli_call_stops_before_creating_the_run_folder(tmp_path, capsys, argv, match):
+    from cppo.cli import main
+
+    p = write_cfg(tmp_path, results_dir=str(tmp_path / "results"))
+    run_dir = tmp_path / "run"
+    rc = main(["train", str(p), "--scale", "xs", "--seed", "1", "--run-dir", str(run_dir), "--no-mlflow", *argv])
+    assert rc == 2
+    assert match in capsys.readouterr().err
+    assert not run_dir.exists() and not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- runs
+def test_same_seed_gives_identical_metrics(tmp_path, base_ckpt):
+    p = write_cfg(tmp_path)
+    for name in ("a", "b"):
+        assert train(p, tmp_path / name, base_ckpt, "--setting", "stale") == 0
+    a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    assert a == (tmp_path / "b" / "metrics.jsonl").read_text()
+    recs = [json.loads(ln) for ln in a.splitlines()]
+    assert [r["step"] for r in recs] == list(range(7))
+    assert recs[-1]["train/updates"] == 12  # 6 steps x 2 mini-batches
+    assert "eval/chain_id/greedy_acc" in recs[0] and "eval/chain_id/sampled_acc" in recs[3]
+    assert {"rule/masked_frac", "rule/div_mean", "train/grad_norm", "rollout/reward_mean"} <= set(recs[1])
+    for f in ("config.yaml", "final/config.json", "final/model.safetensors", "position_profile.json", "done"):
+        assert (tmp_path / "a" / f).exists(), f
+    assert train(p, tmp_path / "c", base_ckpt, "--setting", "stale", seed=4) == 0
+    assert (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()[1:] != a.splitlines()[1:]  # seed matters
+    prof = json.loads((tmp_path / "a" / "position_profile.json").read_text())
+    assert prof["rule"] == "ppo_clip" and len(prof["div_mean"]) == 8 and sum(prof["tokens"]) > 0
+
+
+def test_done_run_is_left_alone_and_changed_config_refused(tmp_path, base_ckpt, capsys):
+    p = write_cfg(tmp_path)
+    run_dir = tmp_path / "r"
+    assert train(p, run_dir, base_ckpt, "--steps", "1") == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    assert train(p, run_dir, base_ckpt, "--steps", "1") == 0
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    (run_dir / "done").unlink()
+    assert train(p, run_dir, base_ckpt, "--steps", "2") == 2  # resolved config differs from config.yaml
+    assert "different resolved config" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflow_uri):
+    from cppo import tracking
+
+    p = write_cfg(tmp_path, rl={**CFG["rl"], "steps": 12, "save_every": 3, "eval_every": 4})
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert train(p, full, base_ckpt, "--setting", "stale", method="cppo") == 0
+
+    cmd = [sys.executable, "-m", "cppo.cli", "train", str(p), "--method", "cppo", "--scale", "xs", "--seed", "3",
+           "--setting", "stale", "--run-dir", str(killed), "--init", str(base_ckpt), "--no-progress"]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step_3").exists():
+        assert proc.poll() is None and time.time() < deadline, "trainer ended before its first checkpoint"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "done").exists()
+    assert subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE).returncode == 0
+
+    assert (killed / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+    run_id = (killed / "mlflow_run_id").read_text().strip()
+    steps = [s for s, _ in tracking.metric_history(run_id, "rollout/reward_mean")]
+    assert steps == list(range(1, 13))  # every step exactly once
+    assert [s for s, _ in tracking.metric_history(run_id, "eval/chain_id/greedy_acc")] == [0, 4, 8, 12]
+
+
+@pytest.mark.parametrize("rule", ["pg_is", "ppo_clip", "dppo", "trm_max", "trm_avg", "cispo", "gspo", "minpro", "cppo"])
+def test_first_update_equals_plain_policy_gradient(tmp_path, base_ckpt, rule):
+    """One update per rollout, no staleness: μ = π_old = π, so every rule's gradient is −Â ∇log π."""
+    from cppo.rules import aggregate_loss
+    from cppo.train.rl import Trainer, build_sequences, minibatch_loss, policy_logprobs
+
+    cfg = load_config(write_cfg(tmp_path), ["rl.updates_per_rollout=1", "rl.staleness=0", "rl.prompts_per_rollout=8"])
+    run = resolve_run(cfg, rule, "xs", 5)
+    tr = Trainer(run, tmp_path / "r", str(base_ckpt), progress=False)
+    rb, rows = tr.rollout()
+    answers = [r["answer"] for r in rows for _ in range(run.rl.samples_per_prompt)]
+    rewards = torch.tensor(tr.task.rewards(rb.texts, answers, rb.finished.tolist()))
+    adv, keep = group_advantages(rewards, run.rl.samples_per_prompt)
+    assert keep.any()
+    sb = build_sequences(rb, adv, keep, tr.tok.pad_token_id)
+    with torch.no_grad():
+        old_logp, old_topk, _ = policy_logprobs(tr.model, sb, 1.0, tr.rule.needs_topk, False)
+    params = list(tr.model.parameters())
+    loss, out, _ = minibatch_loss(tr.rule, tr.model, sb, old_logp, old_topk, run.rl)
+    g_rule = torch.autograd.grad(loss, params)
+    logp, _, _ = policy_logprobs(tr.model, sb, 1.0, False, False)
+    pg = aggregate_loss(torch.where(sb.mask, -sb.advantages * logp, 0.0), sb.mask, run.rl.loss_agg,
+                        norm_constant=float(run.rl.max_new_tokens))
+    g_pg = torch.autograd.grad(pg, params)
+    assert out.kept[sb.mask].all()  # nothing masked at the first mini-batch
+    num = sum(float((a - b).norm() ** 2) for a, b in zip(g_rule, g_pg)) ** 0.5
+    den = sum(float(b.norm() ** 2) for b in g_pg) ** 0.5
+    assert den > 0 and num / den < 1e-4, (rule, num, den)
+
+
+def test_nonfinite_guard_skips_and_stops(tmp_path, base_ckpt, monkeypatch):
+    from cppo.train import rl as rl_mod
+
+    real = rl_mod.minibatch_loss
+
+    def poisoned(*a, **k):
+        loss, out, batch = real(*a, **k)
+        return loss * float("nan"), out, batch
+
+    monkeypatch.setattr(rl_mod, "minibatch_loss", poisoned)
+    p = write_cfg(tmp_path)
+    assert train(p, tmp_path / "r", base_ckpt, "--set", "rl.max_bad_steps=3") == 0
+    done = json.loads((tmp_path / "r" / "done").read_text())
+    assert done["bad_steps"] == 3 and "non-finite" in done["stopped_reason"] and done["step"] == 2
+    from transformers import AutoModelForCausalLM
+
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "r" / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(base_ckpt).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)  # no poisoned update reached the weights
