@@ -1,0 +1,102 @@
+"""`cppo report` on hand-made run folders (no training): table, figures, summary, MLflow vs files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from cppo.cli import main
+
+CFG = {
+    "profile": "rep",
+    "task": {"name": "chain", "K": 6},
+    "scales": {"s": {"hidden_size": 32}},
+    "rl": {"steps": 4},
+    "settings": {"fresh": {}},
+    "methods": {"pg_is": {"rule": "pg_is"}, "cppo": {"rule": "cppo"}},
+    "grid": {"methods": ["pg_is", "cppo"], "scales": ["s"], "seeds": [1, 2, 3], "settings": ["fresh"]},
+    "eval": {"benchmarks": ["chain_id", "chain_ood"], "n": 4},
+}
+
+
+def _write_run(root: Path, method: str, seed: int, final_acc: float, scores: tuple[float, float], done=True):
+    d = root / "rep" / "runs" / "setting~fresh" / f"method~{method}" / "scale~s" / f"seed~{seed}"
+    (d / "eval").mkdir(parents=True)
+    rows = []
+    for step in range(5):
+        row = {"step": step}
+        if step:
+            row.update({"rollout/reward_mean": 0.3 + 0.01 * step, "rule/masked_frac": 0.01 * seed,
+                        "rule/div_mean": 0.005, "rule/ratio_max": 2.0, "train/grad_norm": 0.5 + step,
+                        "rule/entropy": 1.0})
+        if step in (0, 4):
+            row["eval/chain_id/greedy_acc"] = 0.8 if step == 0 else final_acc
+        rows.append(json.dumps(row))
+    (d / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+    for b, v in zip(("chain_id", "chain_ood"), scores):
+        (d / "eval" / f"{b}.json").write_text(json.dumps({"model": "x", "benchmarks": {b: {"metrics": {"avg@4": v}}}}))
+    (d / "position_profile.json").write_text(json.dumps({"div_mean": [0.01, 0.02, 0.03, 0.04],
+                                                         "masked_frac": [0.0, 0.01, 0.0, 0.02]}))
+    if done:
+        (d / "done").write_text(json.dumps({"step": 4, "stopped_reason": None}))
+
+
+def test_report_from_run_folders(tmp_path, mlflow_uri):
+    root = tmp_path / "results"
+    cfg = tmp_path / "rep.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    for seed, acc in ((1, 0.1), (2, 0.2), (3, 0.7)):  # pg_is: seeds 1 and 2 collapse (< 0.4)
+        _write_run(root, "pg_is", seed, acc, (acc, acc / 2))
+    for seed in (1, 2, 3):
+        _write_run(root, "cppo", seed, 0.8, (0.3 + 0.1 * seed, 0.3), done=seed != 3)
+    out = tmp_path / "out"
+    assert main(["report", str(cfg), "--out", str(out), "--results-root", str(root), "--bootstrap", "2000"]) == 0
+
+    rows = {(r["method"], r["benchmark"]): r for r in csv.DictReader(open(out / "table.csv"))}
+    assert set(rows) == {(m, b) for m in ("pg_is", "cppo") for b in ("chain_id", "chain_ood", "mean")}
+    pg = rows[("pg_is", "mean")]
+    assert math.isclose(float(pg["mean"]), (0.075 + 0.15 + 0.525) / 3, rel_tol=1e-6)  # per seed: mean of (a, a/2)
+    assert (pg["collapsed"], pg["collapse_decided"], pg["n_seeds"]) == ("2", "3", "3")
+    assert float(pg["ci95_lo"]) < float(pg["mean"]) < float(pg["ci95_hi"])
+    cp = rows[("cppo", "chain_id")]
+    assert math.isclose(float(cp["mean"]), 0.5, rel_tol=1e-6) and cp["collapsed"] == "0"
+    assert json.loads(cp["seed_values"]) == {"1": 0.4, "2": 0.5, "3": 0.6}
+
+    md = (out / "table.md").read_text()
+    assert "| pg_is | 25.0 [" in md and "| 2/3 |" in md
+    figs = {p.name: p.stat().st_size for p in (out / "figures").iterdir()}
+    assert set(figs) == {"curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
+                         "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg"}
+    assert min(figs.values()) > 10_000
+    summary = (out / "summary.md").read_text()
+    assert "6 runs; 5 finished, 6 evaluated" in summary
+    assert "Unfinished runs (1)**: fresh/cppo/s/seed3" in summary
+    assert "Collapsed seeds: pg_is 2/3." in summary
+    # cppo (mean 0.4) vs pg_is (0.25, seeds 0.075-0.525): intervals overlap, so the summary must not call a winner
+    assert "not separable" in summary
+    assert yaml.safe_load((out / "config.yaml").read_text())["profile"] == "rep"
+
+
+def test_report_prefers_mlflow_and_fills_gaps_from_files(tmp_path, mlflow_uri, capsys):
+    from cppo import tracking
+
+    root = tmp_path / "results"
+    cfg = dict(CFG, grid=dict(CFG["grid"], methods=["cppo"], seeds=[1]))
+    path = tmp_path / "rep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _write_run(root, "cppo", 1, 0.8, (0.5, 0.25))
+    run_dir = root / "rep" / "runs" / "setting~fresh" / "method~cppo" / "scale~s" / "seed~1"
+    run_id = tracking.start_child("rep", "fresh", "cppo", "s", 1, "cppo", cfg, run_dir)
+    buf = tracking.MetricBuffer(run_id)
+    buf.add(4, {"rollout/reward_mean": 0.99})  # MLflow disagrees with the file on purpose
+    buf.flush()
+    tracking.log_eval(run_id, "chain_id", {"avg@4": 0.75}, step=4)  # only chain_id in MLflow
+    assert main(["report", str(path), "--out", str(tmp_path / "o"), "--results-root", str(root)]) == 0
+    rows = {r["benchmark"]: r for r in csv.DictReader(open(tmp_path / "o" / "table.csv"))}
+    assert float(rows["chain_id"]["mean"]) == 0.75  # from MLflow
+    assert float(rows["chain_ood"]["mean"]) == 0.25  # from the run folder
+    assert "1 runs (1 from MLflow, 0 from run folders, 0 missing)" in capsys.readouterr().out
