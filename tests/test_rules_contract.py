@@ -162,3 +162,17 @@ def test_on_policy_gives_plain_policy_gradient(name, params):
     torch.testing.assert_close(on.logp.grad, -adv, rtol=1e-6, atol=1e-7)
     assert out.metrics["masked_frac"] == 0.0 and out.metrics["div_max"] == pytest.approx(0.0, abs=1e-6)
     assert out.metrics["ess"] == pytest.approx(1.0) and out.metrics["ratio_max"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_bfloat16_inputs_are_computed_in_float32(name):
+    b16 = random_batch(B=5, T=9, seed=6, dtype=torch.bfloat16)
+    b32 = b16.map(lambda t: t.detach().float() if t.is_floating_point() else t)
+    b32.logp.requires_grad_(True)
+    params = BASE_PARAMS.get(name, {})
+    a, b = _run(name, params, b16), _run(name, params, b32)
+    assert a.loss.dtype == torch.float32
+    assert torch.equal(a.kept, b.kept)
+    torch.testing.assert_close(a.loss, b.loss)
+    a.loss.sum().backward()
+    assert b16.logp.grad.dtype == torch.bfloat16 and torch.isfinite(b16.logp.grad.float()).all()
