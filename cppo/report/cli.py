@@ -123,12 +123,16 @@ def main(args) -> int:
             figures += [p.name for p in plots.position_figure(records, methods, scale, setting, fig_dir,
                                                               n_boot=1000) if p.suffix == ".png"]
 
+    # Wall time: from `cppo mlflow-init` (the first job) to the last run output, so that re-making
+    # the report later does not change it.
     wall_s = None
     marker = Path(args.results_root) / profile / "runs" / "_mlflow_parents.json"
     if marker.is_file():
         started = json.loads(marker.read_text()).get("started_at")
+        ends = [p.stat().st_mtime for r in records for p in [r.run_dir / "done", *r.run_dir.glob("eval/*.json")]
+                if p.is_file()]
         if isinstance(started, (int, float)):
-            wall_s = time.time() - started
+            wall_s = (max(ends) if ends else time.time()) - started
     text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,

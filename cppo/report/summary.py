@@ -53,7 +53,7 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
              f"- {len(methods)} methods ({', '.join(methods)}) × {len(scales)} scales ({', '.join(scales)}) × "
              f"{len(grid['seeds'])} seeds × {len(settings)} settings ({', '.join(settings)}) = {n_total} runs; "
              f"{n_done} finished, {n_eval} evaluated on {', '.join(benchmarks) or 'nothing'}.",
-             f"- Pipeline wall time (first job start → this report): **{_dur(wall_s)}**."]
+             f"- Pipeline wall time (first job start → last run evaluated): **{_dur(wall_s)}**."]
     durs = [(r.end_ms - r.start_ms) / 1000 for r in records if r.start_ms and r.end_ms and r.end_ms > r.start_ms]
     if durs:
         by_scale = defaultdict(list)
@@ -74,7 +74,7 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
             f"{r.cell.setting}/{r.cell.method}/{r.cell.scale}/seed{r.cell.seed}" for r in stopped))
     lines += ["", "## Definitions", "",
               f"- **Score**: `{metric}` of the final checkpoint (`cppo eval`, {cfg.get('eval', {}).get('n', 1)} samples "
-              f"per problem at temperature {cfg.get('eval', {}).get('temperature')}) on each benchmark; **mean** = "
+              f"per problem at temperature {cfg.get('eval', {}).get('temperature', 0.7)}) on each benchmark; **mean** = "
               "unweighted mean over the benchmarks, per seed. Table cells: mean over seeds with a 95% percentile "
               "bootstrap interval, and the interquartile mean (IQM).",
               f"- **Collapsed seed**: the final value of `{collapse_metric}` (logged by the trainer during training) "
