@@ -46,7 +46,7 @@ class TaskConfig:
     ood_K: int | None = None
     """chain: operations in the harder ``chain_ood`` split (default K + 8)."""
     max_operand: int | None = None
-    """chain: largest |d| of an operation (default modulus - 1)."""
+    """chain: largest |d| of an operation (default min(3, modulus - 1))."""
     op_format: str = "char"
     """chain: ``char`` (one letter per operation: A=+1, a=-1, ...) or ``sign`` (``+1``, ``-1``)."""
     n_test: int = 256

@@ -38,7 +38,7 @@ def test_sample_is_consistent_and_seeded():
     assert rows != task.sample(6, 50)
     for r in rows:
         start, ops = parse_problem(r["problem"])
-        assert len(ops) == 24 and 0 not in ops
+        assert len(ops) == 24 and 0 not in ops and max(map(abs, ops)) <= 3  # default operand range
         assert "".join(map(str, solve(start, ops, 10))) == r["solution"]
         assert r["solution"][-1] == r["answer"]
         assert task.reward(r["solution"], r["answer"]) == 1.0
@@ -70,6 +70,14 @@ def test_reward_requires_stop():
     assert task.rewards(["054", "054", "053"], ["4", "4", "4"], [True, False, True]) == [1.0, 0.0, 0.0]
 
 
+def test_operand_range_knob():
+    ops = [d for r in ChainTask(K=24, max_operand=9).sample(0, 50) for d in parse_problem(r["problem"])[1]]
+    assert max(ops) == 9 and min(ops) == -9
+    assert ChainTask(modulus=3).operand_max == 2
+    with pytest.raises(ValueError, match="max_operand"):
+        ChainTask(max_operand=10)
+
+
 def test_modulus_letters():
     task = ChainTask(K=2, modulus=16)
     row = task.make_problem(15, [15, -3])
@@ -85,7 +93,7 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="op_format"):
         ChainTask(op_format="words")
     with pytest.raises(ValueError, match="at most 26"):
-        ChainTask(modulus=30)
+        ChainTask(modulus=30, max_operand=27)
     with pytest.raises(ValueError, match="unknown chain split"):
         make_split("chain_xx", 3)
     with pytest.raises(ValueError, match="unknown task"):

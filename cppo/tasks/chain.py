@@ -21,7 +21,7 @@ token limit). Intermediate values are not checked: a policy that guesses the fin
 derails the rest. That makes the task long-horizon in the sense CPPO cares about: late tokens
 depend on every earlier one.
 
-Difficulty knobs: K (chain length) and the modulus m (values 0..m-1 written as one character
+Difficulty knobs: K (chain length), the operand range (``max_operand``, default 3) and the modulus m (values 0..m-1 written as one character
 each: digits, then lower-case letters, so m <= 36; m <= 27 with op_format char). Named splits: ``chain_id`` (in distribution,
 the training K) and ``chain_ood`` (a longer chain, ``ood_K``; by default K + 8).
 """
@@ -35,6 +35,13 @@ from dataclasses import dataclass
 # One character per value: 0-9 then a-z (only used when modulus > 10).
 _ALPHABET = string.digits + string.ascii_lowercase
 OP_FORMATS = ("char", "sign")
+# Small operands by default: with |d| <= 3 the previous value alone narrows the next one to 6
+# candidates, which gives SFT a gradient toward "copy the previous value" before it has learned to
+# read the operation. With d uniform over 1..9 both signs, v_{i-1} alone says nothing about v_i,
+# and a from-scratch model sits on a loss plateau at ln(10) for hundreds of steps (measured: no
+# progress in 500 steps at 0.2M parameters, against sampled accuracy 0.39 after 250 steps with
+# |d| <= 3). The final value is still uniform over 0..m-1 (guessing scores 1/m).
+DEFAULT_MAX_OPERAND = 3
 
 # Fixed seeds per named split, offset from the caller's seed, so a split never overlaps training
 # sampling streams that use small seeds.
@@ -48,7 +55,7 @@ class ChainTask:
     Args:
         K: number of operations (= number of running values in the response).
         modulus: arithmetic modulus m; values are 0..m-1, one character each.
-        max_operand: largest |d| of an operation (default m - 1).
+        max_operand: largest |d| of an operation; default ``min(3, m - 1)`` (see below).
         op_format: ``char`` (one character per operation) or ``sign`` (``+d``/``-d``).
     """
 
@@ -66,9 +73,14 @@ class ChainTask:
             raise ValueError(f"chain task: max_operand must be in [1, modulus-1], got {self.max_operand}")
         if self.op_format not in OP_FORMATS:
             raise ValueError(f"chain task: op_format must be one of {OP_FORMATS}, got {self.op_format!r}")
-        if self.op_format == "char" and (self.max_operand or self.modulus - 1) > 26:
+        if self.op_format == "char" and self.operand_max > 26:
             raise ValueError("chain task: op_format 'char' spells operands as letters (at most 26); "
                              "use max_operand <= 26 or op_format 'sign'")
+
+    @property
+    def operand_max(self) -> int:
+        """The largest |d| actually drawn (``max_operand`` or the default ``min(3, m - 1)``)."""
+        return self.max_operand or min(DEFAULT_MAX_OPERAND, self.modulus - 1)
 
     @property
     def name(self) -> str:
@@ -100,7 +112,7 @@ class ChainTask:
         if n < 0:
             raise ValueError(f"chain task: n must be >= 0, got {n}")
         rng = random.Random(rng) if isinstance(rng, int) else rng
-        hi = self.max_operand or self.modulus - 1
+        hi = self.operand_max
         out = []
         for _ in range(n):
             start = rng.randrange(self.modulus)
