@@ -125,7 +125,7 @@ def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
     Cost: the clamp only needs P90 exactly when it can fall inside (δ_b, 2δ_b). Counting the values
     above each bound decides most rows (x_(upper) ≤ δ_b ⇔ #(D > δ_b) ≤ n − 1 − upper, and
     x_(lower) ≥ 2δ_b ⇔ #(D ≥ 2δ_b) ≥ n − lower); only when some row is undecided is a partial top-k
-    taken (only the top ⌈0.1 (T − 1)⌉ + 1 values can be involved).
+    taken, over the undecided rows only (only the top ⌈0.1 (T − 1)⌉ + 1 values can be involved).
     """
     if p.delta_b_mode == "fixed":
         return p.delta_b
@@ -138,19 +138,23 @@ def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
     n_f = n.to(div.dtype)
     at_floor = (div > lo_b).sum(dim=1, keepdim=True) <= (n_f - 1) - upper  # P90 ≤ δ_b
     at_ceil = (div >= hi_b).sum(dim=1, keepdim=True) >= n_f - lower  # P90 ≥ 2δ_b
-    if bool((at_floor | at_ceil | (n == 0)).all()):
-        return torch.where(at_ceil, n_f.new_tensor(hi_b), n_f.new_tensor(lo_b))  # in div's dtype
+    out = torch.where(at_ceil, n_f.new_tensor(hi_b), n_f.new_tensor(lo_b))  # (B, 1), in div's dtype
+    open_rows = (~(at_floor | at_ceil) & (n > 0)).squeeze(1).nonzero().squeeze(1)  # (R,) undecided rows
+    if open_rows.numel() == 0:
+        return out
+    # exact P90 for the undecided rows only
+    sub, n_r = div.index_select(0, open_rows), n.index_select(0, open_rows)  # (R, T), (R, 1)
+    lower_r, upper_r, rank_r = lower.index_select(0, open_rows), upper.index_select(0, open_rows), rank.index_select(0, open_rows)
     T = div.shape[1]
     k = min(T, math.ceil(0.1 * (T - 1)) + 1)
     # D ≥ 0 and D = 0 on padding: padded zeros can only tie with response zeros, which leaves the
     # values of the order statistics unchanged, so no masking is needed before the top-k
-    top = div.topk(k, dim=1).values  # (B, k) descending
+    top = sub.topk(k, dim=1).values  # (R, k) descending
     # ascending index i is descending index n − 1 − i
-    v_lo = top.gather(1, ((n - 1) - lower.long()).clamp(0, k - 1))
-    v_hi = top.gather(1, ((n - 1) - upper.long()).clamp(0, k - 1))
-    q = v_lo + (rank - lower) * (v_hi - v_lo)
-    q = torch.where(n > 0, q, lo_b)  # an empty row has no D: fall back to δ_b
-    return q.clamp(lo_b, hi_b)
+    v_lo = top.gather(1, ((n_r - 1) - lower_r.long()).clamp(0, k - 1))
+    v_hi = top.gather(1, ((n_r - 1) - upper_r.long()).clamp(0, k - 1))
+    q = v_lo + (rank_r - lower_r) * (v_hi - v_lo)
+    return out.index_copy(0, open_rows, q.clamp(lo_b, hi_b))
 
 
 @register_rule("cppo", CPPOParams, paper="Mao et al. 2026, arXiv 2606.10968",
