@@ -86,6 +86,7 @@ def test_table3_command(cfg, method, scale):
     # the anchor: bypass mode (old_log_prob = rollout log-prob), log-probs recorded by the engine
     assert o["algorithm.rollout_correction.bypass_mode"] == "true"
     assert o["algorithm.rollout_correction.rollout_is"] == "null"
+    assert o["trainer.use_v1"] == "true"  # the trainer whose bypass mode leaves loss_mode alone
     assert o["actor_rollout_ref.rollout.calculate_log_probs"] == "true"
     # aggregation: Dr. GRPO's fixed constant = max response length
     assert o[f"{A}.loss_agg_mode"] == "seq-mean-token-sum-norm"

@@ -356,6 +356,9 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
         (f"{t}.val_before_train", bool(s.val_before_train)),
         (f"{t}.default_local_dir", str(run_dir / "checkpoints")),
         (f"{t}.resume_mode", "auto"),
+        # the v1 trainer (verl 0.9.1's default) only swaps old_log_prob for the rollout log-prob in bypass
+        # mode; the legacy one also rewrites loss_mode on the driver, so pin v1
+        (f"{t}.use_v1", True),
     ]
     argv = [s.python, *ENTRYPOINT] + [f"{k}={hydra_value(v)}" for k, v in ov] + list(s.extra_overrides)
     if tracking_uri is None:

@@ -22,6 +22,9 @@ row, finite junk on padding):
   `rule_params` demonstrably reach the rule.
 - loss_fn_inputs: an OmegaConf config works like the dataclass; rollout IS weights multiply the
   per-token loss; a rule left on a top-K divergence is refused with a clear error.
+- ppo_loss_path/<agg>: `cppo` called the way verl's actor calls every policy loss
+  (`verl.workers.utils.losses.ppo_loss`: packed log-probs, TensorDict batch, global batch info) gives the
+  direct numbers and carries the rule metrics.
 """
 
 from __future__ import annotations
@@ -240,6 +243,47 @@ def check_loss_fn_inputs(_: str) -> dict:
             "detail": f"OmegaConf config and IS weights: max diff {worst:.2e}; top-K default refused: {refused}"}
 
 
+def check_ppo_loss_path(agg: str) -> dict:
+    """Our `cppo` loss through verl's actor loss entry point, `verl.workers.utils.losses.ppo_loss`: log π as
+    the model's flat (no-padding) output over prompt + response tokens, response tensors in a TensorDict,
+    global batch info (dp_size, token and sequence counts) as verl's engine passes them."""
+    from tensordict import TensorDict
+    from verl.utils import tensordict_utils as tu
+    from verl.workers.utils.losses import ppo_loss
+
+    from cppo.integrations.verl import METRIC_PREFIX, CPPOPolicyLossConfig
+    from cppo.rules import PolicyBatch, aggregate_loss, get_rule
+
+    params = {"divergence": "binary_tv", "delta": 0.2}
+    scale = 16 if agg == "seq-mean-token-sum-norm" else None
+    old, logp, adv, mask = make_inputs(50, 0.35, B=6, T=9)
+    B, T = old.shape
+    Lp = 4  # prompt tokens per sequence
+    resp = mask.sum(1)  # (B,)
+    ends = (Lp + resp).cumsum(0)  # (B,) end offsets of the packed sequences
+    starts = [int(ends[b] - resp[b] - 1) for b in range(B)]  # log π of response token t sits at start + t
+    flat = torch.zeros(int(ends[-1]), dtype=torch.float64)
+    for b in range(B):
+        flat[starts[b]:starts[b] + int(resp[b])] = logp[b, :int(resp[b])]
+    flat.requires_grad_(True)
+    data = TensorDict({"prompts": torch.ones(B, Lp, dtype=torch.long), "responses": torch.ones(B, T, dtype=torch.long),
+                       "attention_mask": torch.cat([torch.ones(B, Lp, dtype=torch.long), mask.long()], 1),
+                       "response_mask": mask.long(), "old_log_probs": old, "advantages": adv}, batch_size=[B])
+    tu.assign_non_tensor(data, dp_size=1, batch_num_tokens=int(mask.sum()), global_batch_size=B)
+    cfg = actor_config(CPPOPolicyLossConfig(loss_mode="cppo", rule_params=params), loss_agg_mode=agg,
+                       loss_scale_factor=scale)
+    l_v, metrics = ppo_loss(cfg, {"log_probs": flat}, data)
+    l_v.backward()
+    g_v = torch.zeros_like(logp)
+    for b in range(B):
+        g_v[b, :int(resp[b])] = flat.grad[starts[b]:starts[b] + int(resp[b])]
+    l_o, g_o, out = our_loss(get_rule("cppo", **params), old, logp, adv, mask, agg, norm_constant=scale)
+    worst = max(diff(l_v, l_o), diff(g_v, torch.where(mask, g_o, 0.0)))
+    have = all(METRIC_PREFIX + k in metrics for k in out.metrics)
+    return {"ok": worst < TOL and have, "max_diff": worst,
+            "detail": f"ppo_loss vs direct: max diff {worst:.2e}; rule metrics present: {have}"}
+
+
 def run_all() -> dict:
     import verl
     import verl.trainer.ppo.core_algos as core_algos
@@ -259,6 +303,7 @@ def run_all() -> dict:
     jobs += [(f"dppo/{a}", check_dppo, a) for a in AGG_MODES]
     jobs += [(f"registry/{r}", check_registry, r) for r in rules]
     jobs += [("loss_fn_inputs", check_loss_fn_inputs, "")]
+    jobs += [(f"ppo_loss_path/{a}", check_ppo_loss_path, a) for a in AGG_MODES]
     for name, fn, arg in jobs:
         try:
             checks[name] = fn(arg)
