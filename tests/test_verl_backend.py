@@ -184,6 +184,12 @@ def test_cli_script_and_json(tmp_path, capsys):
     assert f"{tmp_path / 'run' / 'checkpoints'}/global_step_${{step}}/actor/huggingface" in text
     assert f"touch {tmp_path / 'run' / 'done'}" in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the resolved run, as Contract 2 asks
+    assert saved["method"]["rule"] == "cppo" and saved["method"]["params"]["delta_b"] == 0.015
+    assert saved["rl"]["prompts_per_rollout"] == 64 and saved["seed"] == 2
+    assert saved["verl"]["version"] == "0.9.1" and saved["verl"]["argv"][1:3] == ["-m", "verl.trainer.main_ppo"]
     assert "ray start" not in text  # one node: verl starts its own local Ray
     multi = _cmd(cfg_multi := load_config(FIXTURE, FIXED), "cppo", "qwen3_30b_a3b_base").script()
     assert cfg_multi.scales["qwen3_30b_a3b_base"]["verl"]["nnodes"] == 4

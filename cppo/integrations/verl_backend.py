@@ -371,6 +371,20 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
     return VerlCommand(argv=argv, env=env, run_dir=run_dir, notes=notes, settings=s)
 
 
+def write_run_config(cfg, method: str, scale: str, seed: int, setting: Optional[str], cmd: VerlCommand) -> Path:
+    """`<run_dir>/config.yaml`: the resolved run (as the built-in trainer writes it) plus the verl command."""
+    from cppo.config import dump_yaml
+
+    run = resolve(cfg, method, scale, seed, setting)
+    d = run.to_dict()
+    d["verl"] = {"version": VERL_VERSION, "argv": cmd.argv, "env": {k: v for k, v in cmd.env.items()},
+                 "notes": cmd.notes, "settings": dataclasses.asdict(cmd.settings) if cmd.settings else None}
+    cmd.run_dir.mkdir(parents=True, exist_ok=True)
+    path = cmd.run_dir / "config.yaml"
+    dump_yaml(d, path)
+    return path
+
+
 # --------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="profile YAML (backend: verl), e.g. config/paper.yaml")
@@ -407,6 +421,8 @@ def main(args: argparse.Namespace) -> int:
                                           run.method.rule, run.to_dict(), run_dir)
         cmd = verl_command(cfg, args.method, args.scale, args.seed, args.setting, run_dir=args.run_dir,
                            mlflow_run_id=run_id)
+        if args.format == "script":  # the run is being set up: record its resolved config (Contract 2)
+            write_run_config(cfg, args.method, args.scale, args.seed, args.setting, cmd)
     except (ConfigError, ValueError) as e:
         print(f"cppo verl-cmd: {e}", file=sys.stderr)
         return 2
