@@ -225,6 +225,7 @@ def test_cli_mlflow_attaches_to_child_run(tmp_path, mlflow_uri, capsys):
 COMPOSE_SAMPLE = [(s, "cppo") for s in TABLE3] + [("qwen3_8b_base", m) for m in METHODS if m != "cppo"]
 
 
+@pytest.mark.verl
 def test_commands_compose_with_verl_config(cfg):
     """Hydra accepts every override against verl 0.9.1's config and builds our policy-loss config."""
     if not VERL_PY.exists():
