@@ -251,3 +251,24 @@ def test_commands_compose_with_verl_config(cfg):
             assert r["rule_params"]["delta"] == t["delta"] and r["rule_params"]["delta_b"] == t["delta_b"]
             assert r["rule_params"]["delta_b_mode"] == t["delta_b_mode"]
             assert r["rule_params"]["divergence"] == "binary_tv"
+
+
+def test_paper_profile_generates_table3():
+    """The real config/paper.yaml (pipeline's) gives every grid run a command with Table 3's values."""
+    paper = load_config(REPO / "config" / "paper.yaml", FIXED)
+    assert paper.backend == "verl"
+    by_hub = {t["hub"]: t for t in TABLE3.values()}
+    runs = [(m, s, k) for m in paper.grid.methods for s in paper.grid.scales for k in paper.grid.seeds]
+    assert len({s for _, s, _ in runs}) == 4 and len({m for m, _, _ in runs}) == 7
+    for method, scale, seed in runs:
+        cmd = _cmd(paper, method, scale, seed)
+        o = cmd.override_map()
+        t = by_hub[o["actor_rollout_ref.model.path"]]
+        assert (o["data.train_batch_size"], o["actor_rollout_ref.rollout.n"], o[f"{A}.ppo_mini_batch_size"]) == (
+            str(t["prompts"]), str(t["n"]), str(t["mini"])), (method, scale)
+        assert o["data.max_response_length"] == str(t["resp"]) and o["trainer.total_training_steps"] == str(t["steps"])
+        assert o["algorithm.rollout_correction.bypass_mode"] == "true"
+        assert o[f"{A}.policy_loss.loss_mode"] == METHODS[method][0]
+        if method == "cppo":
+            assert (float(o[f"{RP}.delta"]), float(o[f"{RP}.delta_b"]), o[f"{RP}.delta_b_mode"]) == (
+                t["delta"], t["delta_b"], t["delta_b_mode"]), scale
