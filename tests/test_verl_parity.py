@@ -31,7 +31,7 @@ pytestmark = pytest.mark.verl
 
 EXPECTED = (["discovery"] + [f"ppo_clip/{a}" for a in AGG_MODES] + [f"dppo/{a}" for a in AGG_MODES]
             + [f"registry/{r}" for r in list_rules()] + ["loss_fn_inputs"]
-            + [f"ppo_loss_path/{a}" for a in AGG_MODES])
+            + [f"ppo_loss_path/{a}" for a in AGG_MODES] + [f"data_parallel/{a}" for a in AGG_MODES])
 
 
 def _in_ci() -> bool:

@@ -25,6 +25,7 @@ row, finite junk on padding):
 - ppo_loss_path/<agg>: `cppo` called the way verl's actor calls every policy loss
   (`verl.workers.utils.losses.ppo_loss`: packed log-probs, TensorDict batch, global batch info) gives the
   direct numbers and carries the rule metrics.
+- data_parallel/<agg>: with verl's global batch info, two ranks' losses average to the whole batch's.
 """
 
 from __future__ import annotations
@@ -284,6 +285,36 @@ def check_ppo_loss_path(agg: str) -> dict:
             "detail": f"ppo_loss vs direct: max diff {worst:.2e}; rule metrics present: {have}"}
 
 
+def check_data_parallel(agg: str) -> dict:
+    """Two data-parallel ranks: with verl's global batch info (dp_size, global token and sequence counts)
+    in the config, the mean over ranks of the plugin's losses (what DDP/FSDP gradient averaging does)
+    equals the one-process loss of the whole batch, for value and gradient. Ranks get unequal token
+    counts, so a per-rank normalisation would fail this."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+
+    from cppo.integrations.verl import CPPOPolicyLossConfig
+
+    params = {"divergence": "binary_tv", "delta": 0.2}
+    scale = 16 if agg == "seq-mean-token-sum-norm" else None
+    old, logp, adv, mask = make_inputs(60, 0.35)
+    fn = get_policy_loss_fn("cppo")
+    whole = actor_config(CPPOPolicyLossConfig(loss_mode="cppo", rule_params=params), loss_scale_factor=scale)
+    l_all, g_all, _ = verl_loss("cppo", whole, old, logp, adv, mask, agg)
+    lp = logp.clone().requires_grad_(True)
+    cut = 10  # rank 0: rows [0, 10), rank 1: the rest
+    total = 0.0
+    for rows in (slice(0, cut), slice(cut, None)):
+        cfg = actor_config(CPPOPolicyLossConfig(loss_mode="cppo", rule_params=params), loss_scale_factor=scale)
+        cfg.global_batch_info.update(dp_size=2, batch_num_tokens=int(mask.sum()), global_batch_size=mask.shape[0],
+                                     loss_scale_factor=scale)
+        loss, _ = fn(old_log_prob=old[rows], log_prob=lp[rows], advantages=adv[rows], response_mask=mask[rows],
+                     loss_agg_mode=agg, config=cfg, rollout_is_weights=None)
+        total = total + loss / 2  # DDP averages the ranks' gradients
+    total.backward()
+    worst = max(diff(total, l_all), diff(lp.grad, g_all))
+    return {"ok": worst < TOL, "max_diff": worst, "detail": f"mean over 2 ranks vs whole batch: max diff {worst:.2e}"}
+
+
 def run_all() -> dict:
     import verl
     import verl.trainer.ppo.core_algos as core_algos
@@ -304,6 +335,7 @@ def run_all() -> dict:
     jobs += [(f"registry/{r}", check_registry, r) for r in rules]
     jobs += [("loss_fn_inputs", check_loss_fn_inputs, "")]
     jobs += [(f"ppo_loss_path/{a}", check_ppo_loss_path, a) for a in AGG_MODES]
+    jobs += [(f"data_parallel/{a}", check_data_parallel, a) for a in AGG_MODES]
     for name, fn, arg in jobs:
         try:
             checks[name] = fn(arg)
