@@ -22,9 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 CFG = {
     "profile": "unit",
     "task": {"name": "chain", "K": 4, "modulus": 10, "max_operand": 3, "ood_K": 6},
-    "scales": {"xs": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                      "num_key_value_heads": 1, "intermediate_size": 96}},
-    "sft": {"batch_size": 64, "lr": 1.0e-2, "warmup_steps": 10, "max_steps": 400, "eval_every": 10,
+    "scales": {"xs": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                      "num_key_value_heads": 2, "intermediate_size": 128}},  # 80k params
+    "sft": {"batch_size": 64, "lr": 3.0e-3, "warmup_steps": 10, "max_steps": 400, "eval_every": 10,
             "val_n": 128, "target_sampled_acc": 0.3},
     "rl": {"prompts_per_rollout": 4, "samples_per_prompt": 4, "updates_per_rollout": 2, "steps": 6,
            "max_new_tokens": 8, "eval_every": 3, "eval_n": 16, "save_every": 2, "lr": 1.0e-3},
@@ -256,3 +256,18 @@ def test_nonfinite_guard_skips_and_stops(tmp_path, base_ckpt, monkeypatch):
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "r" / "final").state_dict()
     b = AutoModelForCausalLM.from_pretrained(base_ckpt).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b)  # no poisoned update reached the weights
+
+
+@pytest.mark.slow
+def test_sft_then_rl_improves_reward(tmp_path, base_ckpt):
+    """SFT (the session base) → 40 RL steps on the smallest scale: greedy accuracy and reward rise."""
+    rl = {**CFG["rl"], "steps": 40, "prompts_per_rollout": 16, "samples_per_prompt": 8, "updates_per_rollout": 4,
+          "lr": 1.0e-4, "eval_every": 40, "eval_n": 256, "save_every": 0}
+    p = write_cfg(tmp_path, rl=rl)
+    assert train(p, tmp_path / "r", base_ckpt) == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    start, end = recs[0], recs[-1]
+    assert end["eval/chain_id/greedy_acc"] > start["eval/chain_id/greedy_acc"] + 0.08, (start, end)
+    first = sum(r["rollout/reward_mean"] for r in recs[1:11]) / 10
+    last = sum(r["rollout/reward_mean"] for r in recs[-10:]) / 10
+    assert last > first, (first, last)
