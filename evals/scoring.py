@@ -192,12 +192,31 @@ def parse_answer(text: str, timeout_s: int | None = DEFAULT_TIMEOUT_S) -> list:
     )
 
 
+def _safe_to_evaluate(x) -> bool:
+    """Plain-number check without evaluating towers: every power has a small numeric exponent,
+    no factorials. (Big-integer arithmetic runs in C and no alarm can interrupt it.)"""
+    import sympy
+
+    if x.has(sympy.factorial, sympy.factorial2, sympy.gamma):
+        return False
+    for p in x.atoms(sympy.Pow):
+        e = p.exp
+        if not e.is_number or e.has(sympy.Pow) or e.has(sympy.exp):
+            return False
+        try:
+            if abs(float(e)) > 1000:
+                return False
+        except (TypeError, ValueError):
+            return False
+    return True
+
+
 def _as_float(x) -> float | None:
     """A parsed answer as a real float when it is a plain real number (no symbols, sets, relations)."""
     try:
         import sympy
 
-        if isinstance(x, sympy.Expr) and not x.free_symbols:
+        if isinstance(x, sympy.Expr) and not x.free_symbols and _safe_to_evaluate(x):
             v = complex(sympy.N(x, 20))
             if abs(v.imag) < 1e-12 and v.real == v.real:  # real and not NaN
                 return float(v.real)
