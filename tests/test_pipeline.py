@@ -51,9 +51,17 @@ def test_profiles_validate(profile):
     check_config(_load(profile))
 
 
+def test_tiny_all_is_generated_from_tiny():
+    sys.path.insert(0, str(REPO / "workflow" / "scripts"))
+    from make_tiny_all import render
+
+    assert (REPO / "config" / "tiny-all.yaml").read_text() == render((REPO / "config" / "tiny.yaml").read_text()), \
+        "config/tiny-all.yaml is out of date: run workflow/scripts/make_tiny_all.py"
+
+
 def test_tiny_all_shares_the_tiny_regime():
     tiny, full = _load("tiny.yaml"), _load("tiny-all.yaml")
-    for key in ("task", "scales", "sft", "rl", "settings", "eval"):
+    for key in ("task", "scales", "sft", "rl", "settings", "eval", "report", "backend", "data_dir"):
         assert full[key] == tiny[key], key
     for m in tiny["grid"]["methods"]:  # the tiny methods keep their parameters in tiny-all
         assert full["methods"][m] == tiny["methods"][m], m

@@ -1,0 +1,81 @@
+"""Write config/tiny-all.yaml from config/tiny.yaml: the same regime, every method, 5 seeds.
+
+Why generated: tiny-all must run exactly the tiny regime (task, scales, SFT, RL, settings, eval,
+report); only its methods and grid differ. Re-run this after editing tiny.yaml (a test checks
+that the committed file is up to date):
+
+    .venv/bin/python workflow/scripts/make_tiny_all.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+HEADER = """\
+# tiny-all: every method of the paper's Table 1 that exists here, plus the CPPO ablations, 5 seeds.
+# GENERATED from config/tiny.yaml by workflow/scripts/make_tiny_all.py: the same task, models, SFT,
+# RL regime, settings, eval and report; only the methods and the grid differ (edit tiny.yaml, re-run).
+# 14 methods x 2 scales x 5 seeds x 2 settings = 280 runs (about 6x the tiny grid), so use more cores:
+#   .venv/bin/snakemake --configfile config/tiny-all.yaml --cores 8
+profile: tiny-all
+"""
+
+METHODS = """\
+methods:                     # Table 1 methods with the papers' defaults (as in tiny.yaml)
+  pg_is:   {rule: pg_is, trunc_cap: null}                       # no trust region: the unstable control
+  grpo:    {rule: ppo_clip, eps_low: 0.2, eps_high: 0.28}       # clip-higher (DAPO)
+  cispo:   {rule: cispo, eps_high: 0.2}
+  dppo:    {rule: dppo, delta: 0.15, divergence: binary_tv, trunc_cap: 20}
+  trm_max: {rule: trm_max, delta: 0.1}
+  trm_avg: {rule: trm_avg, delta: 0.002}
+  minpro:  {rule: minpro, eps_low: 0.2, eps_high: 0.28, clip: soft}
+  cppo:    {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20}
+  # CPPO ablations (METHODS.md, "Ablations"): each changes one thing of `cppo` above
+  cppo_no_posw:    {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: no_position_weight}
+  cppo_no_prefix:  {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: no_prefix_budget}
+  cppo_shuffled_w: {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: shuffled_weights}
+  cppo_kl:         {rule: cppo, delta: 0.1, delta_b: 0.002, w_min: 0.8, divergence: binary_kl, trunc_cap: 20}   # KL instead of TV
+  cppo_soft:       {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, mask_mode: soft}
+  cppo_no_cap:     {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: null}  # C = inf
+
+grid:
+  methods: [pg_is, grpo, cispo, dppo, trm_max, trm_avg, minpro, cppo,
+            cppo_no_posw, cppo_no_prefix, cppo_shuffled_w, cppo_kl, cppo_soft, cppo_no_cap]
+  scales: [s, m]
+  seeds: [1, 2, 3, 4, 5]
+  settings: [fresh, stale]
+
+"""
+
+
+def render(tiny_text: str) -> str:
+    """tiny.yaml's text -> tiny-all.yaml's text (sections copied verbatim, comments included)."""
+    lines = tiny_text.splitlines(keepends=True)
+
+    def top(name: str) -> int:
+        for i, line in enumerate(lines):
+            if line.startswith(f"{name}:"):
+                return i
+        raise SystemExit(f"make_tiny_all: config/tiny.yaml has no top-level `{name}:`")
+
+    after_profile = top("profile") + 1
+    body = "".join(lines[after_profile:top("methods")])  # data_dir .. settings
+    tail = "".join(lines[top("eval"):])  # eval, report
+    return HEADER + body + METHODS + tail
+
+
+def main() -> None:
+    text = render((REPO / "config" / "tiny.yaml").read_text())
+    out = REPO / "config" / "tiny-all.yaml"
+    if "--check" in sys.argv:
+        raise SystemExit(0 if out.read_text() == text else "config/tiny-all.yaml is out of date: re-run "
+                         "workflow/scripts/make_tiny_all.py")
+    out.write_text(text)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
