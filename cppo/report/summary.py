@@ -118,9 +118,26 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
                     continue
                 vals = {k: bootstrap_ci([run_mean(r, k) for r in recs], n_boot=1000)[0]
                         for k in ("rule/masked_frac", "rule/div_mean", "rule/ratio_max", "train/grad_norm")}
-                lines.append(f"| {setting} | {scale} | {m} | {vals['rule/masked_frac']:.4%} | "
-                             f"{vals['rule/div_mean']:.4f} | {vals['rule/ratio_max']:.3g} | "
-                             f"{vals['train/grad_norm']:.3g} |")
+                if not any(math.isfinite(v) for v in vals.values()):
+                    continue  # no run of this cell has logged anything yet
+
+                def f(v, spec):
+                    return format(v, spec) if math.isfinite(v) else "–"
+
+                lines.append(f"| {setting} | {scale} | {m} | {f(vals['rule/masked_frac'], '.4%')} | "
+                             f"{f(vals['rule/div_mean'], '.4f')} | {f(vals['rule/ratio_max'], '.3g')} | "
+                             f"{f(vals['train/grad_norm'], '.3g')} |")
+    for setting in settings:  # CPPO vs DPPO masking, the paper's claim of a stricter early mask
+        by_rule = {}
+        for rule in ("cppo", "dppo"):
+            vals = [run_mean(r, "rule/masked_frac") for r in records
+                    if r.cell.setting == setting and r.cell.rule == rule and r.cell.method == rule]
+            by_rule[rule] = bootstrap_ci(vals, n_boot=1000)[0]
+        c, d = by_rule["cppo"], by_rule["dppo"]
+        if math.isfinite(c) and math.isfinite(d):
+            ratio = f"{c / d:.1f}×" if d > 0 else "∞ (DPPO masked nothing)"
+            lines += ["", f"Setting `{setting}`: CPPO masks {c:.4%} of eligible tokens, DPPO {d:.4%} "
+                      f"(ratio {ratio}, all scales)."]
     cppo_recs = [r for r in records if r.cell.rule == "cppo"]
     if cppo_recs:
         pre = bootstrap_ci([run_mean(r, "rule/prefix_reject_frac") for r in cppo_recs], n_boot=1000)[0]
