@@ -117,10 +117,11 @@ def process_docs(name: str, dataset, template: str = "base", tokenizer: Any = No
 
 
 def chain_dataset(benchmark: str, K: int = 24, modulus: int = 10, ood_K: int | None = None, n_test: int = 256,
-                  seed: int = 0, **_: Any) -> dict:
+                  seed: int = 0, max_operand: int | None = None, op_format: str | None = None, **_: Any) -> dict:
     """lm-eval ``custom_dataset``: the generated chain split, as ``{"test": rows}``."""
     bench = get_benchmark(benchmark)
-    chain = ChainSettings(K=K, modulus=modulus, ood_K=ood_K, n_test=n_test, seed=seed)
+    chain = ChainSettings(K=K, modulus=modulus, ood_K=ood_K, n_test=n_test, seed=seed, max_operand=max_operand,
+                          op_format=op_format)
     rows = load_docs(bench, chain=chain)
     task = chain.task_for(bench.chain_split)
     for r in rows:
@@ -190,9 +191,10 @@ def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = N
     if bench.kind == "chain":
         c = settings.chain
         n_test = min(c.n_test, settings.limit) if settings.limit else c.n_test  # a split's prefix is stable
-        metadata.update(K=c.K, modulus=c.modulus, ood_K=c.ood_K, n_test=n_test, seed=c.seed)
+        metadata.update(K=c.K, modulus=c.modulus, ood_K=c.ood_K, n_test=n_test, seed=c.seed, **c.task_kwargs())
         cfg["process_docs"] = functools.partial(process_docs, bench.name, source="chain")
-        source = f"generated:{bench.chain_split}(K={c.K}, modulus={c.modulus}, ood_K={c.ood_K}, n_test={n_test}, seed={c.seed})"
+        extra = "".join(f", {k}={v}" for k, v in c.task_kwargs().items())
+        source = f"generated:{bench.chain_split}(K={c.K}, modulus={c.modulus}, ood_K={c.ood_K}, n_test={n_test}, seed={c.seed}{extra})"
     else:
         path = local_path(bench, settings.data_dir)
         if path is not None:

@@ -132,19 +132,27 @@ class ChainSettings:
     """problems per split"""
     seed: int = 0
     """split seed (each split adds its own fixed salt)"""
+    max_operand: int | None = None
+    """largest |d| of an operation (None: the chain task's default)"""
+    op_format: str | None = None
+    """spelling of the operations, ``char`` | ``sign`` (None: the chain task's default)"""
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> ChainSettings:
         """From a resolved profile config (its ``task`` mapping); defaults when absent."""
         task = (cfg or {}).get("task") or {}
-        kw = {k: task[k] for k in ("K", "modulus", "ood_K", "n_test") if task.get(k) is not None}
-        return cls(**kw)
+        keys = ("K", "modulus", "ood_K", "n_test", "max_operand", "op_format")
+        return cls(**{k: task[k] for k in keys if task.get(k) is not None})
+
+    def task_kwargs(self) -> dict:
+        """The optional ChainTask/make_split keyword arguments that are set."""
+        return {k: v for k, v in (("max_operand", self.max_operand), ("op_format", self.op_format)) if v is not None}
 
     def task_for(self, split: str):
         from cppo.tasks.chain import ChainTask
 
         k = (self.ood_K or self.K + 8) if split == "chain_ood" else self.K
-        return ChainTask(K=k, modulus=self.modulus)
+        return ChainTask(K=k, modulus=self.modulus, **self.task_kwargs())
 
 
 # --------------------------------------------------------------------------- loading
@@ -222,7 +230,7 @@ def load_docs(bench: Benchmark, data_dir: str | Path | None = None, limit: int |
 
         c = chain or ChainSettings()
         n = min(c.n_test, limit) if limit else c.n_test
-        rows = make_split(bench.chain_split, n, seed=c.seed, K=c.K, modulus=c.modulus, ood_K=c.ood_K)
+        rows = make_split(bench.chain_split, n, seed=c.seed, K=c.K, modulus=c.modulus, ood_K=c.ood_K, **c.task_kwargs())
         return [{**normalize_doc(bench, r, i), "benchmark": bench.name} for i, r in enumerate(rows)]
     path = local_path(bench, data_dir)
     if path is not None:

@@ -92,6 +92,8 @@ def extract_answer(response: str) -> str | None:
 # --------------------------------------------------------------------------- normalisation
 _SCI = re.compile(r"(?<![\w.\\{])(\d+(?:\.\d*)?|\.\d+)\s*[eE]\s*([+-]?\d+)(?![\w.])")
 _DOT_NO_DIGIT = re.compile(r"(\d)\.(?!\d)")
+_BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*\{([^{}]*)\}")
+_PAREN_INT = re.compile(r"^\s*\(\s*(-?\d+)\s*\)\s*$")
 _APPROX = re.compile(r"^\s*(?:\\approx|\\simeq|\\sim|≈)\s*")
 _THOUSANDS = re.compile(r"(\d)(?:,\\!\s*|\{,\})(\d{3})")
 _PHANTOM = re.compile(r"\\phantom\s*(?:\{[^{}]*\}|\S)")
@@ -127,6 +129,8 @@ def _first_math_if_prose(s: str) -> str:
 def _to_latex(text: str) -> str:
     """Rewrite plain-text number/function forms into LaTeX that math-verify parses as intended."""
     s = _strip_math_delims(_first_math_if_prose(text.strip()))
+    s = _BOLD.sub(r"\1", s)  # \textbf{(073)} -> (073): bold is formatting
+    s = _PAREN_INT.sub(r"\1", s)  # (073) -> 073: AoPS writes AIME answers in parentheses
     s = _APPROX.sub("", s)  # "\approx 8.24" -> "8.24"
     while _THOUSANDS.search(s):  # 29,\!322,\!216 / 29{,}322 -> 29322216 (matches overlap: repeat)
         s = _THOUSANDS.sub(r"\1\2", s)
