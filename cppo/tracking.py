@@ -94,19 +94,17 @@ def artifact_root(uri: str | None = None) -> str:
 
 @contextlib.contextmanager
 def _store_lock(uri: str | None = None) -> Iterator[None]:
-    """An exclusive inter-process lock tied to the tracking store (a `.lock` file beside SQLite).
+    """An exclusive inter-process lock tied to the tracking store (a lock file in the temp folder).
 
     Serialises get-or-create of experiments and runs among processes on one machine; it does not
     protect against other machines (see `_dedupe` for that).
     """
     uri = uri or tracking_uri()
     db = _sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        lock_path = db.with_name(db.name + ".lock")
-    else:
-        digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-        lock_path = Path(tempfile.gettempdir()) / f"cppo-mlflow-{digest}.lock"
+    key = str(db.resolve()) if db is not None else uri
+    # In the temp folder (not beside the database): nothing to clean up or to keep out of git.
+    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"cppo-mlflow-{digest}.lock"
     with open(lock_path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
