@@ -144,3 +144,18 @@ def test_math_task_samples_local_file(data_dir):
     rows = task.sample(0, 3)
     assert len(rows) == 3 and all("\\boxed{}" in r["problem"] for r in rows)
     assert rows == task.sample(0, 3)
+
+
+def test_math_rewards_use_math_verify_in_workers():
+    from cppo.tasks.math import MathTask
+
+    task = MathTask(workers=1, timeout_s=60.0)
+    try:
+        got = task.rewards(["so \\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{3}", "no answer"], ["1/2", "\\frac12", "4", "4"])
+        assert got == [1.0, 1.0, 0.0, 0.0]
+        task.timeout_s = 1e-4  # nothing finishes in 0.1 ms: every check counts as wrong, the pool restarts
+        assert task.rewards(["\\boxed{4}"], ["4"]) == [0.0]
+        task.timeout_s = 60.0
+        assert task.rewards(["\\boxed{4}"], ["4"]) == [1.0]
+    finally:
+        task.close()

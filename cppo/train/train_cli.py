@@ -95,7 +95,14 @@ def main(args) -> int:
     from cppo.train.rl import Trainer
 
     trainer = Trainer(run, run_dir, run.init, mlflow_run_id=run_id, progress=not args.no_progress)
-    last = trainer.run()
+    try:
+        last = trainer.run()
+    except BaseException:
+        if run_id:  # a crashed run must not stay RUNNING in MLflow (a rerun resumes it)
+            from cppo import tracking
+
+            tracking.end_run(run_id, "FAILED")
+        raise
     msg = f"cppo train: {run_dir} done at step {trainer.step}"
     if "rollout/reward_mean" in last:
         msg += f", last reward {last['rollout/reward_mean']:.3f}"
