@@ -1,0 +1,91 @@
+"""`cppo eval`: JSON result, per-sample log, profile defaults, MLflow eval/<benchmark>/<metric> at the step."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cppo.cli import main as cppo_main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mlflow_run(uri: str) -> str:
+    import mlflow
+
+    c = mlflow.MlflowClient(uri)
+    exp = c.create_experiment("evals-cli-test")
+    return c.create_run(exp).info.run_id
+
+
+def test_eval_writes_json_samples_log_and_mlflow(tmp_path, mlflow_uri):
+    run_id = _mlflow_run(mlflow_uri)
+    out, log = tmp_path / "eval" / "res.json", tmp_path / "samples.jsonl"
+    rc = cppo_main(["eval", "oracle", "--backend", "oracle", "--benchmarks", "chain_id,aime25",
+                    "--config", str(REPO / "config" / "tiny.yaml"), "--limit", "3", "--out", str(out),
+                    "--samples-log", str(log), "--mlflow-run-id", run_id, "--step", "7"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    # n, temperature, top_p and max_tokens come from the profile's eval section
+    assert res["settings"]["n"] == 4 and res["settings"]["max_tokens"] == 40
+    assert res["settings"]["chain"]["ood_K"] == 32
+    for name in ("chain_id", "aime25"):
+        b = res["benchmarks"][name]
+        assert b["metrics"]["avg@4"] == 1.0 and b["n_problems"] == 3 and b["samples_log"] == str(log)
+        assert "samples" not in b
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 4
+    assert set(rows[0]) == {"benchmark", "problem_id", "sample", "prompt", "response", "extracted", "gold", "correct"}
+    aime = [r for r in rows if r["benchmark"] == "aime25"]
+    assert all(r["correct"] and r["extracted"] == r["gold"] for r in aime)
+    assert res["mlflow"] == {"run_id": run_id, "step": 7}
+    assert "git_commit" in res["provenance"]
+
+    import mlflow
+
+    from cppo.tracking import sanitize_key
+
+    c = mlflow.MlflowClient(mlflow_uri)
+    for name in ("chain_id", "aime25"):
+        for metric in ("avg@4", "pass@1", "pass@4", "maj@4"):
+            hist = c.get_metric_history(run_id, sanitize_key(f"eval/{name}/{metric}"))
+            assert [(m.step, m.value) for m in hist] == [(7, 1.0)], (name, metric)
+
+
+def test_eval_embeds_samples_without_samples_log_and_uses_paper_defaults(tmp_path):
+    out = tmp_path / "r.json"
+    assert cppo_main(["eval", "x", "--backend", "oracle", "--benchmarks", "amc23", "--limit", "2",
+                      "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["settings"]["n"], res["settings"]["temperature"], res["settings"]["top_p"]) == (16, 0.7, 0.95)
+    b = res["benchmarks"]["amc23"]
+    assert len(b["samples"]) == 2 * 16 and b["metrics"]["avg@16"] == 1.0
+    assert list(b["metrics"]) == ["avg@16", "pass@1", "pass@2", "pass@4", "pass@8", "pass@16", "maj@16"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["eval", "m", "--benchmarks", "aime24"], "--out"),
+    (["eval", "m", "--out", "x.json"], "--benchmarks"),
+    (["eval", "m", "--benchmarks", "nope", "--out", "x.json"], "unknown benchmark"),
+    (["eval", "m", "--benchmarks", "aime24", "--out", "x.json", "--mlflow-run-id", "abc"], "--step"),
+    (["eval", "m", "--benchmarks", "aime24", "--out", "x.json", "--n", "0"], "n must be"),
+])
+def test_bad_invocations_fail_with_a_message(argv, msg, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cppo_main(argv) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_list_and_help_are_fast_and_light():
+    """`cppo eval --help` / `--list` must not import torch, lm-eval or MLflow."""
+    code = ("import sys; from cppo.cli import main; rc = main(['eval', '--list']); "
+            "heavy = [m for m in ('torch', 'lm_eval', 'mlflow', 'transformers') if m in sys.modules]; "
+            "print('HEAVY', heavy); sys.exit(rc)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "aime24" in p.stdout and "chain_ood" in p.stdout
+    assert "HEAVY []" in p.stdout
