@@ -138,9 +138,10 @@ _DETAILS: dict[tuple[str, str], list[ScoredSample]] = {}
 def score_doc(doc: dict, responses: list[str]) -> list[ScoredSample]:
     """Score the n responses of one problem with the benchmark's scorer."""
     bench = get_benchmark(doc["benchmark"])
-    chain = ChainSettings(K=int(doc.get("K", 24)), modulus=int(doc.get("modulus", 10))) if bench.kind == "chain" else None
-    if bench.kind == "chain":  # the doc's K is the split's own (ood_K for chain_ood)
-        chain = ChainSettings(K=chain.K, modulus=chain.modulus, ood_K=chain.K)
+    chain = None
+    if bench.kind == "chain":  # the doc carries its split's own length (ood_K for chain_ood)
+        k = int(doc["K"])
+        chain = ChainSettings(K=k, ood_K=k, modulus=int(doc["modulus"]))
     return scorer_for(bench, chain)(list(responses), [doc["answer"]] * len(responses))
 
 
@@ -248,6 +249,11 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
     template = resolve_template(settings.template, tokenizer)
     if lm is None:
         lm = build_lm(backend, model, settings)
+        longest = max(settings.max_tokens or b.max_tokens for b in benches)
+        limit = getattr(lm, "max_length", None)
+        if isinstance(limit, int) and backend == "hf" and longest >= limit:
+            raise ValueError(f"--max-tokens {longest} does not fit the model's context of {limit} tokens "
+                             f"(prompt included); pass a smaller --max-tokens")
     tm = task_manager()
     configs, sources = [], {}
     for b in benches:

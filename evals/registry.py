@@ -299,9 +299,11 @@ def scorer_for(bench: Benchmark, chain: ChainSettings | None = None) -> Callable
         def score_chain(responses: list[str], golds: list[str]) -> list[ScoredSample]:
             out = []
             for r, g in zip(responses, golds, strict=True):
-                ok = task.reward(r, g) == 1.0
-                well_formed = task.reward(r, r.strip()[-1:] or "?") == 1.0 if r.strip() else False
-                out.append(ScoredSample(r, r.strip()[-1] if well_formed else None, ok))
+                last = r.strip()[-1:]
+                # the answer a response commits to: its last value, if it is well formed at all
+                # (exactly K value characters: the reward with its own last value as gold is 1)
+                extracted = last if last and task.reward(r, last) == 1.0 else None
+                out.append(ScoredSample(r, extracted, task.reward(r, g) == 1.0))
             return out
 
         return score_chain

@@ -479,11 +479,21 @@ _SHARED: ScorerPool | None = None
 
 
 def shared_pool() -> ScorerPool:
-    """A process-wide pool with default settings (created on first use, closed at exit)."""
+    """A process-wide pool with default settings (created on first use, closed at exit).
+
+    Its workers come from a ``forkserver`` where available: the evaluating process holds a model,
+    CUDA and helper threads (tqdm, tokenizers), and forking a threaded process can copy a held
+    lock into the child; the fork server is a clean single-threaded process that has imported
+    only this module.
+    """
     global _SHARED
     if _SHARED is None:
         import atexit
 
-        _SHARED = ScorerPool()
+        method = None
+        if "forkserver" in mp.get_all_start_methods():
+            mp.get_context("forkserver").set_forkserver_preload(["evals.scoring"])
+            method = "forkserver"
+        _SHARED = ScorerPool(start_method=method)
         atexit.register(_SHARED.close)
     return _SHARED

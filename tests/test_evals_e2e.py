@@ -166,3 +166,23 @@ def test_hf_backend_sampling_on_math_and_chain(tiny_checkpoint):
     ood = load_docs(get_benchmark("chain_ood"), chain=ChainSettings(K=6, n_test=2))
     assert [s["prompt"] for s in a["benchmarks"]["chain_ood"]["samples"][::3]] == [d["problem"] for d in ood]
     assert all(len(d["solution"]) == 14 for d in ood)  # ood_K = K + 8
+
+
+def test_hf_backend_refuses_a_budget_beyond_the_context(tiny_checkpoint):
+    with pytest.raises(ValueError, match="does not fit the model's context"):
+        run_eval(str(tiny_checkpoint), ["math500"], EvalSettings(n=1, limit=1, device="cpu"), backend="hf")  # 4096 > 512
+
+
+def test_chat_template_of_a_checkpoint_is_used_by_default(tmp_path):
+    from cppo.models import build_model, build_tokenizer, save_checkpoint
+
+    tok = build_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    ckpt = save_checkpoint(build_model("xs", tok, seed=0), tok, tmp_path / "chat")
+    res = run_eval(str(ckpt), ["aime25"], EvalSettings(n=1, limit=1, max_tokens=8, device="cpu"), backend="hf")
+    prompt = res["benchmarks"]["aime25"]["samples"][0]["prompt"]
+    assert res["template"] == "chat" and prompt.startswith("<user>") and prompt.endswith("\\boxed{}.\n<assistant>")
+    base = run_eval(str(ckpt), ["aime25"], EvalSettings(n=1, limit=1, max_tokens=8, device="cpu", template="base"),
+                    backend="hf")
+    assert base["benchmarks"]["aime25"]["samples"][0]["prompt"].endswith("within \\boxed{}.\n")
