@@ -242,3 +242,18 @@ def test_compiled_step_matches_eager():
     a = FastDecoder(model).run(ids, mask, 8, forced_tokens=cont, eos_ids=[])
     b = FastDecoder(model, compile_step=True).run(ids, mask, 8, forced_tokens=cont, eos_ids=[])
     torch.testing.assert_close(b.logp, a.logp, atol=1e-5, rtol=0)
+
+
+def test_engines_found_by_name_without_importing_them():
+    """`rl.engine: hf_fast` / `vllm` work in a fresh process: the registry imports the engine modules."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from cppo.train.rollout import get_engine, ENGINES\n"
+            "from cppo.models import build_model, build_tokenizer\n"
+            "assert 'cppo.train.fastgen' not in sys.modules\n"
+            "t = build_tokenizer(); e = get_engine('hf_fast', build_model('xs', t), t)\n"
+            "print(type(e).__name__, sorted(ENGINES))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert out.stdout.split() == ["FastHFEngine", "['hf',", "'hf_fast',", "'vllm']"]
