@@ -127,6 +127,9 @@ class RLConfig:
     """Divide group advantages by the group's std (GRPO); false = mean-centering only (Dr. GRPO)."""
     adv_eps: float = 1.0e-6
     """Added to the group std before dividing."""
+    minibatch_by: str = "group"
+    """Mini-batches hold whole prompt groups (``group``; each prompt's forward is then shared by its
+    samples) or single sequences (``sequence``), split at random."""
     engine: str = "hf"
     """Rollout engine (``hf``; ``hf_fast``/``vllm`` when installed)."""
     eval_every: int = 25
@@ -423,6 +426,7 @@ def validate_rl(rl: RLConfig) -> None:
     _require(rl.num_threads >= 1, "rl.num_threads must be >= 1")
     _require(len(rl.betas) == 2 and all(0 <= b < 1 for b in rl.betas), "rl.betas must be two values in [0, 1)")
     _require(rl.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
+    _require(rl.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
 
 
 def dump_yaml(d: dict[str, Any], path: str | Path) -> None:

@@ -157,7 +157,8 @@ def test_same_seed_gives_identical_metrics(tmp_path, base_ckpt):
     assert a == (tmp_path / "b" / "metrics.jsonl").read_text()
     recs = [json.loads(ln) for ln in a.splitlines()]
     assert [r["step"] for r in recs] == list(range(7))
-    assert recs[-1]["train/updates"] == 12  # 6 steps x 2 mini-batches
+    kept_groups = [round(4 * (1 - r["rollout/zero_var_frac"])) for r in recs[1:]]
+    assert recs[-1]["train/updates"] == sum(min(2, g) for g in kept_groups)  # 2 mini-batches of whole groups
     assert "eval/chain_id/greedy_acc" in recs[0] and "eval/chain_id/sampled_acc" in recs[3]
     assert {"rule/masked_frac", "rule/div_mean", "train/grad_norm", "rollout/reward_mean"} <= set(recs[1])
     for f in ("config.yaml", "final/config.json", "final/model.safetensors", "position_profile.json", "done"):
@@ -271,3 +272,11 @@ def test_sft_then_rl_improves_reward(tmp_path, base_ckpt):
     first = sum(r["rollout/reward_mean"] for r in recs[1:11]) / 10
     last = sum(r["rollout/reward_mean"] for r in recs[-10:]) / 10
     assert last > first, (first, last)
+
+
+def test_sequence_minibatches_keep_the_update_count(tmp_path, base_ckpt):
+    p = write_cfg(tmp_path)
+    assert train(p, tmp_path / "r", base_ckpt, "--set", "rl.minibatch_by=sequence") == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    active = sum(1 for r in recs[1:] if r["rollout/seqs_used"] > 0)
+    assert recs[-1]["train/updates"] == 2 * active

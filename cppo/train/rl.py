@@ -47,12 +47,16 @@ _MAX_METRICS = {"div_max", "ratio_max"}
 
 @dataclass
 class SequenceBatch:
-    """Trainer-side tensors of the kept sequences of one rollout batch."""
+    """Trainer-side tensors of the kept sequences of one rollout batch.
 
-    input_ids: torch.Tensor  # (N, P + T) left-padded prompt ++ right-padded response
-    attention_mask: torch.Tensor | None  # (N, P + T) or None when nothing is padded on the left
-    position_ids: torch.Tensor  # (N, P + T)
-    P: int  # prompt width
+    Prompts are stored once per group (G unique prompts); ``group`` maps each sequence to its
+    prompt. The forward pass runs each prompt once and shares its KV cache with the group's
+    responses, which halves the tokens processed at the tiny profile's lengths.
+    """
+
+    prompts: torch.Tensor  # (G, P) unique prompts, left-padded
+    prompt_mask: torch.Tensor  # (G, P) bool
+    group: torch.Tensor  # (N,) long: prompt index of each sequence
     response_ids: torch.Tensor  # (N, T)
     mask: torch.Tensor  # (N, T) bool
     rollout_logp: torch.Tensor  # (N, T)
@@ -63,31 +67,54 @@ class SequenceBatch:
     def select(self, idx: torch.Tensor) -> "SequenceBatch":
         def s(t):
             return None if t is None else t[idx]
-        return SequenceBatch(s(self.input_ids), s(self.attention_mask), s(self.position_ids), self.P,
-                             s(self.response_ids), s(self.mask), s(self.rollout_logp), s(self.advantages),
-                             s(self.topk_ids), s(self.topk_logp))
+        return SequenceBatch(self.prompts, self.prompt_mask, self.group[idx], s(self.response_ids), s(self.mask),
+                             s(self.rollout_logp), s(self.advantages), s(self.topk_ids), s(self.topk_logp))
 
 
 def build_sequences(rb: RolloutBatch, adv: torch.Tensor, keep: torch.Tensor, pad_id: int) -> SequenceBatch:
     idx = keep.nonzero().squeeze(-1)
-    prompts, pmask = left_pad([rb.prompt_ids[i] for i in idx.tolist()], pad_id)  # (N, P)
+    index: dict[tuple, int] = {}
+    group = torch.tensor([index.setdefault(tuple(rb.prompt_ids[i]), len(index)) for i in idx.tolist()], dtype=torch.long)
+    prompts, pmask = left_pad([list(p) for p in index], pad_id)  # (G, P)
     resp, mask = rb.response_ids[idx], rb.response_mask[idx]  # (N, T)
-    ids = torch.cat([prompts, resp], dim=1)  # (N, P + T)
-    full_mask = torch.cat([pmask, torch.ones_like(mask)], dim=1)
-    pos = (full_mask.long().cumsum(-1) - 1).clamp(min=0)
-    attn = None if bool(pmask.all()) else full_mask.long()  # right padding never affects earlier tokens
     A = adv[idx].float()[:, None].expand_as(resp).contiguous()  # (N, T)
-    return SequenceBatch(ids, attn, pos, prompts.shape[1], resp, mask, rb.logp[idx],
-                         torch.where(mask, A, 0.0),
+    return SequenceBatch(prompts, pmask, group, resp, mask, rb.logp[idx], torch.where(mask, A, 0.0),
                          None if rb.topk_ids is None else rb.topk_ids[idx],
                          None if rb.topk_logp is None else rb.topk_logp[idx])
 
 
+def sequence_logits(model, sb: SequenceBatch) -> torch.Tensor:
+    """(N, T, V) logits predicting each response token y_t (position t sees the prompt and y_<t).
+
+    Each distinct prompt of the batch is run once; its KV cache is gathered to its sequences, and
+    the responses run on top of it. Gradients flow through the shared prompt computation.
+    """
+    from cppo.train.rollout import _cache_kwarg, _out_cache
+
+    used, inv = torch.unique(sb.group, return_inverse=True)  # prompts present in this batch
+    prompts, pmask = sb.prompts[used], sb.prompt_mask[used]  # (G', P)
+    padded = not bool(pmask.all())
+    ppos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # (G', P)
+    out = model(input_ids=prompts, attention_mask=pmask.long() if padded else None, position_ids=ppos,
+                use_cache=True, logits_to_keep=1)
+    cache = _out_cache(out)
+    cache.batch_select_indices(inv)  # (N, ...) per layer: a differentiable gather
+    first = out.logits[:, -1][inv]  # (N, V): predicts y_0
+    T = sb.response_ids.shape[1]
+    if T == 1:
+        return first[:, None]
+    rpos = ppos[inv][:, -1:] + 1 + torch.arange(T - 1)  # (N, T-1)
+    attn = None
+    if padded:  # the full mask: the prompt's padding stays hidden; right padding never matters
+        attn = torch.cat([pmask[inv], torch.ones(len(inv), T - 1, dtype=torch.bool)], dim=1).long()
+    rest = model(input_ids=sb.response_ids[:, :-1], attention_mask=attn, position_ids=rpos,
+                 use_cache=True, **{_cache_kwarg(model): cache}).logits  # (N, T-1, V): predicts y_1..y_{T-1}
+    return torch.cat([first[:, None], rest], dim=1)
+
+
 def policy_logprobs(model, sb: SequenceBatch, temperature: float, want_topk: bool, want_entropy: bool):
     """log π(y_t) (B, T), log π at μ's top-K ids (B, T, K) or None, entropy (B, T) or None."""
-    T = sb.response_ids.shape[1]
-    logits = model(input_ids=sb.input_ids, attention_mask=sb.attention_mask, position_ids=sb.position_ids).logits
-    logits = logits[:, sb.P - 1: sb.P - 1 + T].float() / temperature  # (B, T, V): position t predicts y_t
+    logits = sequence_logits(model, sb).float() / temperature  # (B, T, V)
     logp_all = torch.log_softmax(logits, dim=-1)
     logp = logp_all.gather(-1, sb.response_ids[..., None]).squeeze(-1)  # (B, T)
     topk = logp_all.gather(-1, sb.topk_ids) if want_topk and sb.topk_ids is not None else None  # (B, T, K)
@@ -182,7 +209,7 @@ class Trainer:
         self.engine = get_engine(self.rl.engine, self.model, self.tok, copy_model=self.rl.staleness > 0)
         self.eval_engine = HFEngine(self.model, self.tok)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
-                                     weight_decay=self.rl.weight_decay)
+                                     weight_decay=self.rl.weight_decay, foreach=True)
         # independent random streams: prompts, sampling, mini-batch shuffling
         self.prompt_rng = random.Random(run.seed)
         self.sample_gen = torch.Generator().manual_seed(run.seed)
@@ -293,10 +320,8 @@ class Trainer:
         need_topk = self.rule.needs_topk
         with torch.no_grad():
             old_logp, old_topk, _ = policy_logprobs(model, sb, rl.temperature, need_topk, False)  # (N, T)
-        N = sb.input_ids.shape[0]
-        perm = torch.randperm(N, generator=self.shuffle_gen)
         sums: dict[str, list[float]] = collections.defaultdict(list)
-        for chunk in torch.tensor_split(perm, min(rl.updates_per_rollout, N)):
+        for chunk in self.minibatches(sb):
             loss, out, batch = minibatch_loss(self.rule, model, sb.select(chunk), old_logp[chunk],
                                               None if old_topk is None else old_topk[chunk], rl)
             self.opt.zero_grad(set_to_none=True)
@@ -327,6 +352,18 @@ class Trainer:
             m[k] = max(vals) if name in _MAX_METRICS else sum(vals) / len(vals)
         m["train/grad_norm_max"] = max(sums["train/grad_norm"])
         return m
+
+    def minibatches(self, sb: SequenceBatch) -> list[torch.Tensor]:
+        """Sequence indices of each mini-batch: a random split into ``updates_per_rollout`` parts,
+        of whole groups (``minibatch_by: group``, the paper's "mini-batch (prompts)") or of single
+        sequences. With fewer groups than updates (zero-variance groups dropped), there are fewer updates."""
+        U = self.rl.updates_per_rollout
+        if self.rl.minibatch_by == "sequence":
+            N = sb.group.shape[0]
+            return list(torch.tensor_split(torch.randperm(N, generator=self.shuffle_gen), min(U, N)))
+        G = int(sb.group.max()) + 1
+        gperm = torch.randperm(G, generator=self.shuffle_gen)
+        return [torch.isin(sb.group, gs).nonzero().squeeze(-1) for gs in torch.tensor_split(gperm, min(U, G))]
 
     def train_step(self) -> tuple[dict[str, float], dict[str, float]]:
         rl = self.rl

@@ -123,15 +123,22 @@ class HFEngine:
         model = self.model
         was_training = model.training
         model.eval()
-        prompt_ids = [ids for ids in self.encode(prompts) for _ in range(n)]
-        ids, pmask = left_pad(prompt_ids, self.pad_id)  # (B, P)
-        B = ids.shape[0]
+        unique_ids = self.encode(prompts)
+        prompt_ids = [ids for ids in unique_ids for _ in range(n)]
+        # prefill each prompt once, then copy its KV cache to its n samples (n× less prefill work)
+        ids, pmask = left_pad(unique_ids, self.pad_id)  # (G, P)
         padded = not bool(pmask.all())
         attn = pmask.long() if padded else None  # no mask at all when every prompt has the same length
-        pos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # (B, P)
+        pos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
         cache_kw = _cache_kwarg(model)
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
-        past, logits = _out_cache(out), out.logits[:, -1]  # (B, V)
+        past, logits = _out_cache(out), out.logits[:, -1]  # (G, V)
+        if n > 1:
+            past.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, dim=0)  # (B, V)
+            attn = None if attn is None else attn.repeat_interleave(n, dim=0)
+            pos = pos.repeat_interleave(n, dim=0)
+        B = logits.shape[0]
         next_pos = pos[:, -1:] + 1  # (B, 1)
 
         toks, logps, tk_ids, tk_logp = [], [], [], []
