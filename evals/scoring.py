@@ -90,8 +90,8 @@ def extract_answer(response: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- normalisation
-_SCI = re.compile(r"(?<![\w.\\{])(\d+(?:\.\d*)?|\.\d+)\s*[eE]\s*([+-]?\d+)(?![\w.])")
-_DOT_NO_DIGIT = re.compile(r"(\d)\.(?!\d)")
+_SCI = re.compile(r"(?<![\w.\\])(\d+(?:\.\d*)?|\.\d+)[eE]([+-]?\d+)(?![\w.])")
+_DOT_NO_DIGIT = re.compile(r"(\d)\.(?=$|[\s/),}\]])")  # "1./3", "12." but not "0.\overline{3}"
 _BOLD = re.compile(r"\\(?:textbf|mathbf|boldsymbol|bm)\s*\{([^{}]*)\}")
 _PAREN_INT = re.compile(r"^\s*\(\s*(-?\d+)\s*\)\s*$")
 _APPROX = re.compile(r"^\s*(?:\\approx|\\simeq|\\sim|≈)\s*")
@@ -100,7 +100,7 @@ _PHANTOM = re.compile(r"\\phantom\s*(?:\{[^{}]*\}|\S)")
 _BARE_FRAC = re.compile(r"\\[dt]?frac\s*(\\[A-Za-z]+|\w)\s*(\\[A-Za-z]+|\w)")
 _TRIG_POWER = re.compile(r"\\(sin|cos|tan|sec|csc|cot)\^\{?(\d+)\}?\s*(\\[A-Za-z]+|[A-Za-z0-9])(?![\w({])")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
-_TEXT_UNIT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z][A-Za-z .]*\}(?:\^\{?\d\}?)?\s*$")
+_TEXT_UNIT = re.compile(r"([\d}])\s*\\(?:text|mbox|mathrm)\s*\{(?:\s|~|\\[,;! ])*[A-Za-z][A-Za-z .~/-]*\}(?:\^\{?-?\d\}?)?\s*$")
 _CMD_SUBSCRIPT = re.compile(r"_\{\s*\\([A-Za-z]+)\s*\}")
 _CAPITAL_E_SUB = re.compile(r"(?<![\\A-Za-z])E_")
 _LETTER_INTERVAL = re.compile(r"^[A-Za-z]\s*(\([^()\[\]]*,[^()\[\]]*\]|\[[^()\[\]]*,[^()\[\]]*\))$")

@@ -64,6 +64,9 @@ def test_last_boxed_rejects_non_strings():
         # prose gold with inline math: its first formula
         ("\\boxed{f(x)=ax+b}", "$f(x)=a x+b$, where $b$ is an arbitrary integer"),
         ("\\boxed{E_1, E_2}", "E_{1},E_{2}"),
+        ("\\boxed{\\textbf{(073)}}", "73"),  # AoPS style
+        ("\\boxed{1.6 \\mathrm{~cm}}", "1.6"),  # a trailing unit
+        ("\\boxed{5 \\text{ m/s}}", "5"),
     ],
 )
 def test_equivalent_forms_are_correct(response, gold):
@@ -176,5 +179,19 @@ def test_pool_rejects_bad_timeout():
 
 
 def test_normalisation_is_idempotent_on_plain_latex():
-    for s in ["\\frac{1}{2}", "3\\sqrt{2}", "(0, 1]", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"]:
+    for s in ["\\frac{1}{2}", "3\\sqrt{2}", "(0, 1]", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "0.\\overline{3}",
+              "2e^{x}", "x_{1}+x_{2}"]:
         assert scoring._to_latex(s) == s
+
+
+def test_random_fractions_property():
+    """k·p / k·q equals p / q whatever k; (p+1) / q never does."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(15):
+        p, q, k = rng.randint(1, 99), rng.randint(2, 99), rng.randint(2, 9)
+        gold = f"\\frac{{{k * p}}}{{{k * q}}}"
+        assert is_correct(f"\\boxed{{\\frac{{{p}}}{{{q}}}}}", gold)
+        assert is_correct(f"\\boxed{{{p}/{q}}}", gold)
+        assert not is_correct(f"\\boxed{{\\frac{{{p + 1}}}{{{q}}}}}", gold)
