@@ -10,17 +10,22 @@ Design decisions:
     back to "the last number" would credit a model for text it did not commit to.
   * Gold and prediction go through the same normalisation (``_to_latex``) and are parsed as
     ``\\boxed{<text>}``: a bare LaTeX gold parses to nothing in math-verify unless it sits in a math
-    environment. The normalisation also rewrites the plain-text number forms some golds use
-    (Minerva: ``4.5e33``, ``-1./3``, ``np.arcsin(10/13)``), which LaTeX would otherwise read as
-    ``4.5·e·33``.
-  * Numeric tolerance is opt-in per benchmark (``rel_tol``): when both sides evaluate to real
-    numbers, ``|pred - gold| <= rel_tol·|gold|`` also counts as correct (Minerva's physics answers
-    are given to 2-3 significant figures). ``rel_tol = 0`` leaves math-verify's own comparison.
+    environment. The normalisation rewrites the plain-text number forms some golds use (Minerva:
+    ``4.5e33``, ``-1./3``, ``np.arcsin(10/13)``; LaTeX would read ``4.5e33`` as ``4.5·e·33``) and
+    drops formatting (``\\approx``, ``,\\!`` thousands separators, ``^\\circ``, a trailing
+    ``\\text{ unit}``, ``\\textbf{(073)}``, ``\\phantom``). math-verify's own unit stripping is
+    off: it removes trailing one-letter "units", turning ``2c`` into ``2`` and ``b + c`` into ``b +``.
+    Every gold of ``../shared/data`` (17,867) parses to a sympy object this way.
+  * Plain numbers: math-verify compares floats after rounding to 6 decimals, so ``2.88e-19`` would
+    equal ``1.3e-27``; when both sides are plain real numbers a match also needs a relative error
+    <= 1e-3. Numeric tolerance is opt-in per benchmark (``rel_tol``): ``|pred - gold| <=
+    rel_tol·|gold|`` also counts as correct (Minerva's physics answers are given to 2-3
+    significant figures).
   * Time limits. math-verify bounds parsing and comparison with ``signal.alarm``, which only works
     in the main thread. ``is_correct`` uses it there and turns it off elsewhere (the caller must
-    then bound the time itself). ``score_many`` is the safe bulk entry point: it scores in worker
-    processes (each in its own main thread, so math-verify's alarms work) and kills any worker
-    that exceeds a hard per-answer limit; that answer is scored wrong. A cheap structural guard
+    then bound the time itself). ``ScorerPool`` / ``score_many`` are the safe bulk entry points:
+    they score in worker processes (each in its own main thread, so math-verify's alarms work)
+    and kill any worker that exceeds a hard per-answer limit; that answer is scored wrong. A cheap structural guard
     (length, nesting depth) rejects obviously hostile answers before math-verify sees them.
 """
 
