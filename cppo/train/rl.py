@@ -439,6 +439,9 @@ class Trainer:
     def _finish(self) -> None:
         from cppo.models import save_checkpoint
 
+        if hasattr(self.task, "close"):  # the math task's reward workers
+            self.task.close()
+
         save_checkpoint(self.model, self.tok, self.run_dir / "final")
         ckpt.atomic_write_json(self.run_dir / "position_profile.json",
                                {"rule": self.rule.name, "params": _jsonable(self.rule.params), **self.profile.result()})
