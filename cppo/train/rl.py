@@ -326,7 +326,8 @@ class Trainer:
                                               None if old_topk is None else old_topk[chunk], rl)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip if rl.grad_clip else math.inf)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip if rl.grad_clip else math.inf,
+                                                   foreach=True)
             gnorm, loss = float(gnorm), float(loss.detach())
             if math.isfinite(loss) and math.isfinite(gnorm):
                 self.opt.step()
