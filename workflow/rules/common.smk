@@ -34,23 +34,26 @@ PROFILE = config["profile"]
 RESULTS = f"results/{PROFILE}"
 
 
-def _effective_config_path():
-    """The file every `cppo` command reads: the profile file itself when it was used unchanged,
-    else a written copy of the merged config (several --configfile, or --config overrides)."""
-    if _cli_files and len(_cli_files) == 1 and not workflow.config_settings.config:
-        return os.path.abspath(_cli_files[0])
-    if not _cli_files and not workflow.config_settings.config:
-        return os.path.join(workflow.basedir, "config", "tiny.yaml")
-    path = os.path.abspath(f"{RESULTS}/config.effective.yaml")
+def _snapshot_config():
+    """The file every `cppo` command reads: a snapshot of the effective config in the run folder
+    (results/<profile>/runs/_config.yaml), rewritten only when its content changes.
+
+    Why a snapshot: jobs read their config when they start, minutes after Snakemake planned them;
+    an edit of config/<profile>.yaml in between would mix two regimes in one grid. The snapshot is
+    what the plan (and each job's rerun digest) was made from; the next invocation re-plans.
+    """
+    path = os.path.abspath(f"{RESULTS}/runs/_config.yaml")
     text = yaml.safe_dump(dict(config), sort_keys=False)
     if not os.path.exists(path) or open(path).read() != text:  # keep the mtime when unchanged
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as fh:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as fh:
             fh.write(text)
+        os.replace(tmp, path)
     return path
 
 
-CONFIG = _effective_config_path()
+CONFIG = _snapshot_config()
 
 # --- environment every job inherits ----------------------------------------------------------------
 os.environ.setdefault("MLFLOW_TRACKING_URI", "sqlite:///" + os.path.abspath("results/mlflow.db"))
