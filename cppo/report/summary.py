@@ -91,6 +91,10 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
                 continue
             ranked = sorted(cells, key=lambda c: -c.mean)
             best = ranked[0]
+            if len(ranked) == 1:
+                lines.append(f"- `{setting}` / scale `{scale}`: only {best.method} has evaluated runs "
+                             f"({_pct(best.mean)}, n={len(best.values)}); nothing to compare.")
+                continue
             order = ", ".join(f"{c.method} {_pct(c.mean)}" for c in ranked)
             sep = [c.method for c in ranked[1:] if not ci_overlap((best.mean, best.lo, best.hi), (c.mean, c.lo, c.hi))]
             tied = [c.method for c in ranked[1:] if c.method not in sep]
@@ -104,6 +108,25 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
             col = [f"{c.method} {c.n_collapsed}/{c.n_decided}" for c in cells if c.n_collapsed]
             text += (" Collapsed seeds: " + ", ".join(col) + ".") if col else " No seed collapsed."
             lines.append(text)
+    # facts that bound what the table can say
+    for b in benchmarks:
+        vals = [v for st in stats if st.benchmark == b for v in st.values]
+        if vals and max(vals) == 0.0:
+            lines.append(f"- `{b}` is 0 for every evaluated run ({len(vals)} runs): that column (and its share of "
+                         "the mean) carries no information about the rules.")
+    decided = sum(st.n_decided for st in stats if st.benchmark == "mean")
+    n_col = sum(st.n_collapsed for st in stats if st.benchmark == "mean")
+    if decided and n_col == 0:
+        lines.append(f"- No run collapsed ({decided} runs judged): this grid does not separate the rules on "
+                     "stability; differences in score are the only comparison it offers.")
+    elif decided:
+        by_method = defaultdict(lambda: [0, 0])
+        for st in stats:
+            if st.benchmark == "mean":
+                by_method[st.method][0] += st.n_collapsed
+                by_method[st.method][1] += st.n_decided
+        lines.append("- Collapsed runs per method over all cells: " + ", ".join(
+            f"{m} {k}/{n}" for m, (k, n) in by_method.items()) + ".")
     lines.append("")
 
     # diagnostics: mask rates and divergence per method (mean over steps, then over seeds)
