@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,8 @@ class SFTConfig:
     """Seed of the data stream and the initialisation."""
     num_threads: int = 1
     """torch intra-op threads."""
+    device: str = "cpu"
+    """Where the model trains: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (cuda when available, else cpu)."""
 
 
 @dataclass
@@ -150,6 +153,9 @@ class RLConfig:
     """torch intra-op threads (1: two runs share two cores)."""
     attn_implementation: str = "sdpa"
     """Attention kernel of from-scratch models (``sdpa`` or ``eager``)."""
+    device: str = "cpu"
+    """Where model, optimizer state and rollout tensors live: ``cpu``, ``cuda``, ``cuda:N``, or ``auto``
+    (cuda when available, else cpu). Not part of a run's identity: a run may resume on another device."""
 
 
 @dataclass
@@ -403,6 +409,7 @@ def resolve_sft(cfg: Config, scale: str, steps: int | None = None) -> SFTConfig:
     _require(sft.target_sampled_acc is None or 0 < sft.target_sampled_acc <= 1,
              "sft.target_sampled_acc must be in (0, 1] or null")
     _require(sft.grad_clip is None or sft.grad_clip > 0, "sft.grad_clip must be > 0 or null")
+    check_device(sft.device, "sft.device")
     return sft
 
 
@@ -427,6 +434,33 @@ def validate_rl(rl: RLConfig) -> None:
     _require(len(rl.betas) == 2 and all(0 <= b < 1 for b in rl.betas), "rl.betas must be two values in [0, 1)")
     _require(rl.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
     _require(rl.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
+    check_device(rl.device, "rl.device")
+
+
+def check_device(spec: str, where: str = "rl.device") -> None:
+    """The syntax of a device setting (availability is checked by :func:`resolve_device`)."""
+    _require(re.fullmatch(r"cpu|auto|cuda(:\d+)?", spec) is not None,
+             f"{where} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {spec!r}")
+
+
+def resolve_device(spec: str, where: str = "rl.device"):
+    """The ``torch.device`` of a device setting; raises ConfigError when it names CUDA and none is usable.
+
+    Called before any work (model loading, run folder), so a CPU-only machine fails fast and clearly.
+    """
+    import torch
+
+    check_device(spec, where)
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where}={spec!r} but CUDA is not available here (torch {torch.__version__}, "
+                              f"CUDA build: {torch.version.cuda or 'none'}); use cpu or auto")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"{where}={spec!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device(spec)
 
 
 def dump_yaml(d: dict[str, Any], path: str | Path) -> None:

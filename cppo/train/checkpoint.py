@@ -39,19 +39,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
 
 
-def rng_state(python_rngs: dict[str, random.Random], generators: dict[str, torch.Generator]) -> dict:
-    """Capture the global torch/numpy/python RNGs plus the trainer's own generators."""
-    return {
+def rng_state(python_rngs: dict[str, random.Random], generators: dict[str, torch.Generator],
+              cuda: bool = False) -> dict:
+    """Capture the global torch/numpy/python RNGs (and CUDA's, when ``cuda``) plus the trainer's own generators."""
+    st = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
         "python_rngs": {k: r.getstate() for k, r in python_rngs.items()},
         "generators": {k: g.get_state() for k, g in generators.items()},
     }
+    if cuda:
+        st["cuda"] = torch.cuda.get_rng_state_all()  # one CPU ByteTensor per visible device
+    return st
 
 
-def set_rng_state(state: dict, python_rngs: dict[str, random.Random], generators: dict[str, torch.Generator]) -> None:
+def set_rng_state(state: dict, python_rngs: dict[str, random.Random], generators: dict[str, torch.Generator],
+                  cuda: bool = False) -> None:
+    """Restore :func:`rng_state`. CUDA's RNGs are restored when ``cuda`` and the checkpoint has them (a
+    CPU checkpoint resumed on a GPU keeps the freshly seeded CUDA RNG; a GPU one resumed on CPU ignores it)."""
     torch.set_rng_state(state["torch"])
+    if cuda and "cuda" in state:
+        saved = state["cuda"]
+        for i in range(min(len(saved), torch.cuda.device_count())):
+            torch.cuda.set_rng_state(saved[i], i)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     for k, r in python_rngs.items():
@@ -101,4 +112,5 @@ def save_step(ckpt_root: Path, step: int, model, tokenizer, state: dict, keep: i
 
 
 def load_state(step_dir: Path) -> dict:
-    return torch.load(step_dir / STATE_FILE, weights_only=False)
+    """The trainer state of a step checkpoint, on the CPU whichever device wrote it (the trainer places it)."""
+    return torch.load(step_dir / STATE_FILE, weights_only=False, map_location="cpu")

@@ -14,6 +14,9 @@ One rollout step:
      whose loss or gradient is not finite is skipped and counted; after ``max_bad_steps`` in a
      row the run stops.
 
+Everything trainer-side (model, optimizer state, rollout tensors, advantages, PolicyBatch) lives on
+``rl.device`` (default cpu; docs/gpu.md); random streams stay on the CPU, so checkpoints resume anywhere.
+
 No KL-to-reference term and no entropy bonus (as in the paper's protocol). π's log-probs use the
 rollout temperature, so that with fresh weights π_old = μ up to numerics.
 
@@ -72,10 +75,13 @@ class SequenceBatch:
 
 
 def build_sequences(rb: RolloutBatch, adv: torch.Tensor, keep: torch.Tensor, pad_id: int) -> SequenceBatch:
-    idx = keep.nonzero().squeeze(-1)
+    """The kept sequences' tensors, on the rollout batch's device (the model's)."""
+    dev = rb.response_ids.device
+    adv, idx = adv.to(dev), keep.nonzero().squeeze(-1).to(dev)
     index: dict[tuple, int] = {}
-    group = torch.tensor([index.setdefault(tuple(rb.prompt_ids[i]), len(index)) for i in idx.tolist()], dtype=torch.long)
-    prompts, pmask = left_pad([list(p) for p in index], pad_id)  # (G, P)
+    group = torch.tensor([index.setdefault(tuple(rb.prompt_ids[i]), len(index)) for i in idx.tolist()],
+                         dtype=torch.long, device=dev)
+    prompts, pmask = (t.to(dev) for t in left_pad([list(p) for p in index], pad_id))  # (G, P)
     resp, mask = rb.response_ids[idx], rb.response_mask[idx]  # (N, T)
     A = adv[idx].float()[:, None].expand_as(resp).contiguous()  # (N, T)
     return SequenceBatch(prompts, pmask, group, resp, mask, rb.logp[idx], torch.where(mask, A, 0.0),
@@ -103,10 +109,10 @@ def sequence_logits(model, sb: SequenceBatch) -> torch.Tensor:
     T = sb.response_ids.shape[1]
     if T == 1:
         return first[:, None]
-    rpos = ppos[inv][:, -1:] + 1 + torch.arange(T - 1)  # (N, T-1)
+    rpos = ppos[inv][:, -1:] + 1 + torch.arange(T - 1, device=ppos.device)  # (N, T-1)
     attn = None
     if padded:  # the full mask: the prompt's padding stays hidden; right padding never matters
-        attn = torch.cat([pmask[inv], torch.ones(len(inv), T - 1, dtype=torch.bool)], dim=1).long()
+        attn = torch.cat([pmask[inv], torch.ones(len(inv), T - 1, dtype=torch.bool, device=pmask.device)], dim=1).long()
     rest = model(input_ids=sb.response_ids[:, :-1], attention_mask=attn, position_ids=rpos,
                  use_cache=True, **{_cache_kwarg(model): cache}).logits  # (N, T-1, V): predicts y_1..y_{T-1}
     return torch.cat([first[:, None], rest], dim=1)
@@ -193,11 +199,12 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: Path, init: str, mlflow_run_id: str | None = None,
                  progress: bool = True):
-        from cppo.config import build_rule
+        from cppo.config import build_rule, resolve_device
         from cppo.models import load_model
         from cppo.tasks import get_task
 
         self.run_cfg, self.rl, self.run_dir = run, run.rl, Path(run_dir)
+        self.device = resolve_device(self.rl.device)  # before any work: a CUDA request without CUDA fails here
         torch.set_num_threads(self.rl.num_threads)
         ckpt.seed_everything(run.seed)
         self.rule = build_rule(run.method)
@@ -205,12 +212,14 @@ class Trainer:
         self.model, self.tok = load_model(init)
         if getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager"):
             self.model.config._attn_implementation = self.rl.attn_implementation
+        self.model.to(self.device)  # before the engines (their copies) and the optimizer (its state) exist
         self.model.train()
         self.engine = get_engine(self.rl.engine, self.model, self.tok, copy_model=self.rl.staleness > 0)
         self.eval_engine = HFEngine(self.model, self.tok)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
                                      weight_decay=self.rl.weight_decay, foreach=True)
-        # independent random streams: prompts, sampling, mini-batch shuffling
+        # independent random streams: prompts, sampling, mini-batch shuffling. They stay on the CPU
+        # whatever the device (engines derive device generators from them), so a checkpoint resumes anywhere.
         self.prompt_rng = random.Random(run.seed)
         self.sample_gen = torch.Generator().manual_seed(run.seed)
         self.shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
@@ -249,7 +258,8 @@ class Trainer:
     def _state(self) -> dict:
         return {
             "step": self.step, "optimizer": self.opt.state_dict(), "history": list(self.history),
-            "rng": ckpt.rng_state({"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen}),
+            "rng": ckpt.rng_state({"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen},
+                                  cuda=self.device.type == "cuda"),
             "counters": dict(self.counters), "profile": self.profile.state(), "stopped_reason": self.stopped_reason,
         }
 
@@ -275,11 +285,13 @@ class Trainer:
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
-        self.model.load_state_dict(weights)
-        st = ckpt.load_state(path)
-        self.opt.load_state_dict(st["optimizer"])
-        self.history = collections.deque(st["history"], maxlen=self.rl.staleness + 1)
-        ckpt.set_rng_state(st["rng"], {"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen})
+        self.model.load_state_dict(weights)  # copies into the parameters, on whatever device they are
+        st = ckpt.load_state(path)  # on the CPU, whichever device saved it
+        self.opt.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
+        self.history = collections.deque([{k: v.to(self.device) for k, v in h.items()} for h in st["history"]],
+                                         maxlen=self.rl.staleness + 1)
+        ckpt.set_rng_state(st["rng"], {"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen},
+                           cuda=self.device.type == "cuda")
         self.counters, self.step, self.stopped_reason = dict(st["counters"]), st["step"], st["stopped_reason"]
         self.profile.load(st["profile"])
         # metrics after the checkpoint were computed by the killed process: drop them (recomputed now)
@@ -305,8 +317,9 @@ class Trainer:
     # ------------------------------------------------------------------ one rollout step
     def rollout(self) -> tuple[RolloutBatch, list[dict]]:
         rows = self.task.sample(self.prompt_rng, self.rl.prompts_per_rollout)
-        if self.rl.staleness > 0:
-            self.engine.sync_weights(self.history[0])
+        # μ's weights: `staleness` optimizer steps old, else the live model (a no-op for engines sampling
+        # with the trainer's model object itself; engines holding a copy load it here)
+        self.engine.sync_weights(self.history[0] if self.rl.staleness > 0 else self.model)
         rb = self.engine.generate([r["problem"] for r in rows], self.rl.samples_per_prompt, self.rl.max_new_tokens,
                                   self.rl.temperature, self.rl.top_p,
                                   self.rl.topk if self.rule.needs_topk else None, self.sample_gen)
@@ -361,9 +374,10 @@ class Trainer:
         U = self.rl.updates_per_rollout
         if self.rl.minibatch_by == "sequence":
             N = sb.group.shape[0]
-            return list(torch.tensor_split(torch.randperm(N, generator=self.shuffle_gen), min(U, N)))
+            perm = torch.randperm(N, generator=self.shuffle_gen).to(sb.group.device)  # CPU stream, any device
+            return list(torch.tensor_split(perm, min(U, N)))
         G = int(sb.group.max()) + 1
-        gperm = torch.randperm(G, generator=self.shuffle_gen)
+        gperm = torch.randperm(G, generator=self.shuffle_gen).to(sb.group.device)
         return [torch.isin(sb.group, gs).nonzero().squeeze(-1) for gs in torch.tensor_split(gperm, min(U, G))]
 
     def train_step(self) -> tuple[dict[str, float], dict[str, float]]:
@@ -393,7 +407,7 @@ class Trainer:
         m.update({"train/updates": self.counters["updates"], "train/bad_steps": self.counters["bad_steps"],
                   "train/skipped_rollouts": self.counters["skipped_rollouts"], "train/lr": rl.lr})
         gen_tokens = rb.n_tokens
-        n_upd_tokens = int(rb.response_mask[keep].sum()) if keep.any() else 0
+        n_upd_tokens = int(rb.response_mask[keep.to(rb.response_mask.device)].sum()) if keep.any() else 0
         perf = {"perf/gen_s": t1 - t0, "perf/update_s": t2 - t1,
                 "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),  # generated tokens
                 "perf/update_tokens_per_s": n_upd_tokens / max(t2 - t1, 1e-9)}  # trained response tokens

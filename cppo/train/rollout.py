@@ -71,6 +71,16 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """``generator`` itself when it lives on ``device``'s type, else a generator on ``device`` seeded
+    with one draw from it: the caller keeps one (CPU) random stream, whose state is what checkpoints
+    save, whatever device samples."""
+    if generator is None or generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
     """Draw one token per row. Returns (tokens (B,), log μ (B, V) after temperature, before top-p)."""
     logits = logits.float()
@@ -121,12 +131,14 @@ class HFEngine:
         if n < 1 or max_new_tokens < 1:
             raise ValueError(f"generate: n and max_new_tokens must be >= 1, got {n}, {max_new_tokens}")
         model = self.model
+        dev = next(model.parameters()).device  # every tensor below lives on the model's device
+        generator = device_generator(generator, dev)
         was_training = model.training
         model.eval()
         unique_ids = self.encode(prompts)
         prompt_ids = [ids for ids in unique_ids for _ in range(n)]
         # prefill each prompt once, then copy its KV cache to its n samples (n× less prefill work)
-        ids, pmask = left_pad(unique_ids, self.pad_id)  # (G, P)
+        ids, pmask = (t.to(dev) for t in left_pad(unique_ids, self.pad_id))  # (G, P)
         padded = not bool(pmask.all())
         attn = pmask.long() if padded else None  # no mask at all when every prompt has the same length
         pos = (pmask.long().cumsum(-1) - 1).clamp(min=0)  # (G, P)
@@ -142,7 +154,7 @@ class HFEngine:
         next_pos = pos[:, -1:] + 1  # (B, 1)
 
         toks, logps, tk_ids, tk_logp = [], [], [], []
-        alive = torch.ones(B, dtype=torch.bool)
+        alive = torch.ones(B, dtype=torch.bool, device=dev)
         for t in range(max_new_tokens):
             tok, logp_all = sample_next(logits, temperature, top_p, generator)
             tok = torch.where(alive, tok, torch.full_like(tok, self.pad_id))
@@ -156,7 +168,7 @@ class HFEngine:
             if not alive.any() or t == max_new_tokens - 1:
                 break
             if attn is not None:
-                attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype)], dim=1)
+                attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=dev)], dim=1)
             out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=next_pos,
                         use_cache=True, logits_to_keep=1, **{cache_kw: past})
             past, logits = _out_cache(out), out.logits[:, -1]

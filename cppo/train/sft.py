@@ -47,10 +47,12 @@ def run_sft(cfg: Config, scale: str, sft: SFTConfig, out_dir: str | Path, progre
 
     from cppo.models import build_model, build_tokenizer, n_params, save_checkpoint
     from cppo.tasks import get_task
+    from cppo.config import resolve_device
     from cppo.train.checkpoint import atomic_write_json, seed_everything
     from cppo.train.rl import evaluate
     from cppo.train.rollout import HFEngine
 
+    device = resolve_device(sft.device, "sft.device")
     torch.set_num_threads(sft.num_threads)
     seed_everything(sft.seed)
     if cfg.task.name != "chain":
@@ -61,6 +63,7 @@ def run_sft(cfg: Config, scale: str, sft: SFTConfig, out_dir: str | Path, progre
     tok = build_tokenizer()
     model = build_model(cfg.scales[scale], tok, seed=sft.seed)
     model.config._attn_implementation = "sdpa"
+    model.to(device)
     task = get_task(cfg.task)
     rng = random.Random(sft.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=sft.lr, weight_decay=sft.weight_decay)
@@ -84,7 +87,7 @@ def run_sft(cfg: Config, scale: str, sft: SFTConfig, out_dir: str | Path, progre
     last_loss = float("nan")
     model.train()
     while step < sft.max_steps:
-        ids, labels = sft_batch(task.sample(rng, sft.batch_size), tok)
+        ids, labels = (t.to(device) for t in sft_batch(task.sample(rng, sft.batch_size), tok))
         logits = model(input_ids=ids).logits[:, :-1].float()  # (B, L-1, V)
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from cppo.config import ConfigError, load_config, resolve_sft
+    from cppo.config import ConfigError, load_config, resolve_device, resolve_sft
 
     try:
         cfg = load_config(args.config, args.set)
@@ -31,6 +31,7 @@ def main(args) -> int:
         if cfg.task.name != "chain" or "hub" in cfg.scales[args.scale]:
             raise ConfigError("cppo sft warm-starts from-scratch models on the chain task; "
                               f"scale {args.scale!r} / task {cfg.task.name!r} does not need it")
+        resolve_device(sft.device, "sft.device")  # a CUDA request on a machine without CUDA stops here
     except ConfigError as e:
         print(f"cppo sft: error: {e}", file=sys.stderr)
         return 2

@@ -53,8 +53,14 @@ def resolve_init(cfg, scale: str, init: str | None) -> str:
     raise ConfigError(f"--init {init}: checkpoint not found")
 
 
+def _identity(resolved: dict) -> dict:
+    """A resolved config minus what may change on resume: ``rl.device`` (a run may move between devices)."""
+    rl = {k: v for k, v in (resolved.get("rl") or {}).items() if k != "device"}
+    return {**resolved, "rl": rl}
+
+
 def main(args) -> int:
-    from cppo.config import ConfigError, load_config, resolve_run
+    from cppo.config import ConfigError, load_config, resolve_device, resolve_run
 
     try:
         cfg = load_config(args.config, args.set)
@@ -62,6 +68,7 @@ def main(args) -> int:
         run.init = resolve_init(cfg, args.scale, args.init)
         if cfg.backend != "builtin":
             raise ConfigError(f"backend {cfg.backend!r}: use `cppo verl-cmd` for the verl backend")
+        resolve_device(run.rl.device)  # a CUDA request on a machine without CUDA stops here
     except ConfigError as e:
         print(f"cppo train: error: {e}", file=sys.stderr)
         return 2
@@ -75,7 +82,7 @@ def main(args) -> int:
         import yaml
 
         old = yaml.safe_load(cfg_file.read_text())
-        if old != yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False)):
+        if _identity(old) != _identity(yaml.safe_load(yaml.safe_dump(resolved, sort_keys=False))):
             print(f"cppo train: error: {cfg_file} holds a different resolved config; "
                   f"use a fresh --run-dir or delete the old one", file=sys.stderr)
             return 2
