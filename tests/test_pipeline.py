@@ -265,3 +265,16 @@ def test_run_info_final_step_and_mlflow_args(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "latest_checkpointed_iteration.txt").write_text("680")
     assert json.loads(run().stdout)["final_step"] == 680
+
+
+def test_committed_report_does_not_hide_missing_runs(tmp_path):
+    """A fresh checkout holds results/tiny/{table,summary,figures} but no runs: the default target
+    must still train every run and then re-make the report (not say 'Nothing to be done')."""
+    out = tmp_path / "results" / "tiny"
+    (out / "figures").mkdir(parents=True)
+    for name in ("table.md", "table.csv", "summary.md"):
+        (out / name).write_text("committed\n")
+    res = _snakemake("-n", "--quiet", "rules", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    counts = _job_counts(res.stdout + res.stderr)
+    assert counts["train"] == 48 and counts["evaluate"] == 48 and counts["report"] == 1
