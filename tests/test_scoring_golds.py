@@ -3,16 +3,14 @@
 Each gold must also parse to a sympy object (not only math-verify's raw-string fallback), so that
 equivalent forms can match it. Coverage (LaTeX parsing costs ~10-80 ms per distinct answer):
   * default run: a seeded sample of 60 rows of every file (~10 s on 2 cores);
-  * ``slow``: every row of the evaluation files (aime24/25/26, amc23, math500, minerva_math,
-    olympiadbench, gsm8k_test: 2,896 golds) and a seeded 500 of each training file (~1-2 min);
-  * ``CPPO_ALL_GOLDS=1``: all 14,971 training golds as well (several minutes; run before changing
-    the normalisation).
+  * ``slow`` (run by the README's test command, so in CI): every row of the evaluation files
+    (aime24/25/26, amc23, math500, minerva_math, olympiadbench, gsm8k_test: 2,896 golds) and a
+    seeded 500 of each training file (~1-2 min), and all 14,971 training golds (~1 min).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -115,7 +113,6 @@ def test_every_eval_gold_and_500_of_each_train_file(data_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("CPPO_ALL_GOLDS") != "1", reason="all 14,971 training golds: set CPPO_ALL_GOLDS=1")
 def test_every_train_gold(data_dir):
     items, labels = [], []
     for stem in TRAIN_FILES:
