@@ -293,8 +293,8 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a profile YAML, apply ``--set`` overrides and check its structure."""
+def read_profile(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A profile YAML as a plain dict, with ``--set`` overrides applied (no structural checks)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -302,7 +302,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+    return apply_overrides(raw, overrides)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a profile YAML, apply ``--set`` overrides and check its structure."""
+    return config_from_dict(read_profile(path, overrides), source=str(path))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
 
 @dataclass(frozen=True)
@@ -43,14 +42,9 @@ def apply_sets(cfg: dict, sets: Iterable[str] | None) -> dict:
 
 def load_config(path: Path | str, sets: Iterable[str] | None = None) -> dict:
     """Read a profile YAML (plus `--set` overrides) as a plain dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    with open(path) as fh:
-        cfg = yaml.safe_load(fh) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"config {path}: top level must be a mapping")
-    return apply_sets(cfg, sets)
+    from cppo.config import read_profile
+
+    return read_profile(path, list(sets or ()))
 
 
 def settings_of(cfg: dict) -> list[str]:
