@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
@@ -116,6 +117,13 @@ class RLConfig:
     """Clip the gradient norm to this value (null = no clipping; the pre-clip norm is logged anyway)."""
     staleness: int = 0
     """Rollouts are generated from weights this many optimizer steps old (emulates async inference)."""
+    staleness_rollouts: int = 0
+    """Rollouts are generated from the weights at the start of the rollout step this many rollouts ago
+    (lag counted in rollouts, whatever the number of updates each made; exclusive with ``staleness``)."""
+    rollout_dtype: str = "float32"
+    """Precision of the rollout engine's copy of the policy (``float32``, ``bfloat16``, ``float16``):
+    μ is sampled and recorded in it while the trainer recomputes π in float32, as when vLLM samples
+    in bf16 for an fp32 trainer. The mismatch shows in ``rule/k3_old_mu``."""
     temperature: float = 1.0
     """Rollout temperature (π's log-probs in the loss use the same temperature)."""
     top_p: float = 1.0
@@ -348,6 +356,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     for name in grid.settings:
         if name not in settings:
             raise ConfigError(f"grid.settings: unknown setting {name!r}; defined: {sorted(settings)}")
+    ref = grid.extra.get("reference")
+    if ref:
+        rl_ref = {**rl, **settings.get(ref.get("setting"), {})}
+        if ref.get("setting") not in grid.settings:
+            raise ConfigError(f"grid.reference.setting: {ref.get('setting')!r} is not one of grid.settings {grid.settings}")
+        dflt = RLConfig()
+        onpol = all(_pick_scale({k: rl_ref.get(k, getattr(dflt, k))}, sc, scales, "rl")[k] == want
+                    for sc in (grid.scales or list(scales))
+                    for k, want in (("updates_per_rollout", 1), ("staleness", 0), ("staleness_rollouts", 0)))
+        if not onpol:
+            raise ConfigError(f"grid.reference.setting {ref['setting']!r} is not on-policy: it needs "
+                              "updates_per_rollout 1 and no staleness, so that every rule reduces to the policy gradient")
     return cfg
 
 
@@ -427,6 +447,11 @@ def validate_rl(rl: RLConfig) -> None:
     _require(rl.lr > 0, f"rl.lr must be > 0, got {rl.lr}")
     _require(rl.grad_clip is None or rl.grad_clip > 0, f"rl.grad_clip must be > 0 or null, got {rl.grad_clip}")
     _require(rl.staleness >= 0, f"rl.staleness must be >= 0, got {rl.staleness}")
+    _require(rl.staleness_rollouts >= 0, f"rl.staleness_rollouts must be >= 0, got {rl.staleness_rollouts}")
+    _require(not (rl.staleness and rl.staleness_rollouts),
+             "rl.staleness (optimizer steps) and rl.staleness_rollouts (rollouts) are exclusive: set one")
+    _require(rl.rollout_dtype in ROLLOUT_DTYPES,
+             f"rl.rollout_dtype must be one of {list(ROLLOUT_DTYPES)}, got {rl.rollout_dtype!r}")
     _require(rl.temperature > 0, f"rl.temperature must be > 0, got {rl.temperature}")
     _require(0 < rl.top_p <= 1, f"rl.top_p must be in (0, 1], got {rl.top_p}")
     _require(rl.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1")

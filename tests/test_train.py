@@ -280,3 +280,69 @@ def test_sequence_minibatches_keep_the_update_count(tmp_path, base_ckpt):
     recs = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     active = sum(1 for r in recs[1:] if r["rollout/seqs_used"] > 0)
     assert recs[-1]["train/updates"] == 2 * active
+
+
+# --------------------------------------------------------------------------- the pressure ladder's knobs
+def test_on_policy_rung_two_rules_give_the_same_run(tmp_path, base_ckpt):
+    """Rung 0 (one update per rollout, no lag): pg_is and cppo make the same updates, so the same
+    seed gives the same rewards, accuracies and stability metrics (why the rung is trained once)."""
+    from cppo.report.collect import read_metrics_jsonl
+    from cppo.report.stats import auc, best_in_run, time_to_collapse
+
+    p = write_cfg(tmp_path, rl={**CFG["rl"], "updates_per_rollout": 1, "steps": 6, "eval_every": 2})
+    runs = {}
+    for rule in ("pg_is", "cppo", "ppo_clip"):
+        assert train(p, tmp_path / rule, base_ckpt, method=rule) == 0
+        runs[rule] = read_metrics_jsonl(tmp_path / rule / "metrics.jsonl")
+    ref = runs["pg_is"]
+    acc = ref["eval/chain_id/greedy_acc"]
+    assert len(acc) == 4
+    for rule in ("cppo", "ppo_clip"):
+        h = runs[rule]
+        for key in ("rollout/reward_mean", "eval/chain_id/greedy_acc", "eval/chain_id/sampled_acc", "train/updates"):
+            assert h[key] == ref[key], (rule, key)
+        # the loss values differ by a constant per rule (surrogate forms); the gradients do not
+        assert [v for _, v in h["train/grad_norm"]] == pytest.approx([v for _, v in ref["train/grad_norm"]], rel=1e-4)
+        assert all(v == 0 for _, v in h["rule/masked_frac"])
+        a = h["eval/chain_id/greedy_acc"]
+        assert (time_to_collapse(a, 0.5, 6), auc(a, 6), best_in_run(a)) == (time_to_collapse(acc, 0.5, 6), auc(acc, 6),
+                                                                              best_in_run(acc))
+
+
+def test_staleness_in_rollouts_samples_with_the_weights_of_k_rollouts_ago(tmp_path, base_ckpt):
+    from cppo.train.rl import Trainer, _clone_state
+
+    cfg = load_config(write_cfg(tmp_path), ["rl.staleness_rollouts=2", "rl.updates_per_rollout=2"])
+    tr = Trainer(resolve_run(cfg, "grpo", "xs", 3), tmp_path / "r", str(base_ckpt), progress=False)
+    starts = []
+    for _ in range(4):
+        starts.append(_clone_state(tr.model))  # the weights at the start of this rollout step
+        tr.train_step()
+        tr.step += 1
+        mu = tr.engine.model.state_dict()
+        expect = starts[max(0, len(starts) - 1 - 2)]  # two rollouts back (the initial weights at first)
+        assert all(torch.equal(mu[k], expect[k]) for k in expect), len(starts)
+    assert not all(torch.equal(starts[0][k], starts[-1][k]) for k in starts[0])  # the policy did move
+    with pytest.raises(ConfigError, match="exclusive"):
+        resolve_run(load_config(write_cfg(tmp_path), ["rl.staleness=1", "rl.staleness_rollouts=1"]), "grpo", "xs", 1)
+
+
+def test_rollout_dtype_bf16_makes_mu_differ_from_pi_old(tmp_path, base_ckpt):
+    p = write_cfg(tmp_path, rl={**CFG["rl"], "updates_per_rollout": 1, "steps": 2, "eval_every": 0})
+    for dtype in ("float32", "bfloat16"):
+        assert train(p, tmp_path / dtype, base_ckpt, "--set", f"rl.rollout_dtype={dtype}", method="cppo") == 0
+    k3 = {d: [json.loads(ln).get("rule/k3_old_mu") for ln in (tmp_path / d / "metrics.jsonl").read_text().splitlines()[1:]]
+          for d in ("float32", "bfloat16")}
+    assert max(k3["float32"]) < 1e-7 and min(k3["bfloat16"]) > 100 * max(k3["float32"])  # the precision mismatch alone
+    with pytest.raises(ConfigError, match="rollout_dtype"):
+        resolve_run(load_config(write_cfg(tmp_path), ["rl.rollout_dtype=int8"]), "grpo", "xs", 1)
+
+
+def test_reference_setting_must_be_on_policy(tmp_path):
+    grid = {"methods": ["grpo"], "scales": ["xs"], "seeds": [1], "settings": ["fresh", "stale"],
+            "reference": {"setting": "stale", "method": "grpo"}}
+    with pytest.raises(ConfigError, match="not on-policy"):
+        load_config(write_cfg(tmp_path, grid=grid))
+    settings = {**CFG["settings"], "onpolicy": {"updates_per_rollout": 1}}
+    grid = {**grid, "settings": ["onpolicy", "stale"], "reference": {"setting": "onpolicy", "method": "grpo"}}
+    assert load_config(write_cfg(tmp_path, grid=grid, settings=settings)).grid.extra["reference"]["setting"] == "onpolicy"

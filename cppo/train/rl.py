@@ -3,7 +3,9 @@
 One rollout step:
   1. μ samples n responses to each of P prompts (the rollout engine records log μ(y_t), and μ's
      top-K ids/log-probs only when the rule needs them). With ``staleness`` k, μ holds the weights
-     of k optimizer steps ago (emulating asynchronous inference).
+     of k optimizer steps ago; with ``staleness_rollouts`` k, the weights at the start of the rollout
+     step k rollouts ago (emulating asynchronous inference). With ``rollout_dtype`` bfloat16/float16
+     μ samples with a low-precision copy (the bf16-engine / fp32-trainer mismatch of real systems).
   2. Rewards → group advantages Â (std normalisation optional); groups with zero reward variance
      are dropped and counted (the paper skips them).
   3. π_old = the current weights, evaluated once on the whole batch (no gradient).
@@ -214,7 +216,12 @@ class Trainer:
             self.model.config._attn_implementation = self.rl.attn_implementation
         self.model.to(self.device)  # before the engines (their copies) and the optimizer (its state) exist
         self.model.train()
-        self.engine = get_engine(self.rl.engine, self.model, self.tok, copy_model=self.rl.staleness > 0)
+        # μ's own copy of the weights: needed when it lags behind π, or samples in another precision
+        self.lag = self.rl.staleness or self.rl.staleness_rollouts
+        engine_kw = {"copy_model": self.lag > 0}
+        if self.rl.rollout_dtype != "float32":
+            engine_kw["dtype" if self.rl.engine == "vllm" else "rollout_dtype"] = self.rl.rollout_dtype
+        self.engine = get_engine(self.rl.engine, self.model, self.tok, **engine_kw)
         self.eval_engine = HFEngine(self.model, self.tok)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.rl.lr, betas=tuple(self.rl.betas),
                                      weight_decay=self.rl.weight_decay, foreach=True)
@@ -223,9 +230,11 @@ class Trainer:
         self.prompt_rng = random.Random(run.seed)
         self.sample_gen = torch.Generator().manual_seed(run.seed)
         self.shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
-        # weights of the last `staleness` optimizer steps; history[0] is what μ samples with
-        self.history: collections.deque = collections.deque(maxlen=self.rl.staleness + 1)
-        if self.rl.staleness > 0:
+        # μ's lagged weights; history[0] is what μ samples with. `staleness` k: the weights after each of
+        # the last k optimizer steps; `staleness_rollouts` k: the weights at the start of each of the last
+        # k rollout steps (the first entry is the initial weights until k rollouts have passed)
+        self.history: collections.deque = collections.deque(maxlen=self.lag + 1)
+        if self.lag > 0:
             self.history.append(_clone_state(self.model))
         self.profile = ProfileAccumulator(self.rl.position_buckets)
         self.counters = {"updates": 0, "bad_steps": 0, "bad_in_a_row": 0, "skipped_rollouts": 0, "zero_var_groups": 0}
@@ -289,7 +298,7 @@ class Trainer:
         st = ckpt.load_state(path)  # on the CPU, whichever device saved it
         self.opt.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
         self.history = collections.deque([{k: v.to(self.device) for k, v in h.items()} for h in st["history"]],
-                                         maxlen=self.rl.staleness + 1)
+                                         maxlen=self.lag + 1)
         ckpt.set_rng_state(st["rng"], {"prompt": self.prompt_rng}, {"sample": self.sample_gen, "shuffle": self.shuffle_gen},
                            cuda=self.device.type == "cuda")
         self.counters, self.step, self.stopped_reason = dict(st["counters"]), st["step"], st["stopped_reason"]
@@ -317,9 +326,11 @@ class Trainer:
     # ------------------------------------------------------------------ one rollout step
     def rollout(self) -> tuple[RolloutBatch, list[dict]]:
         rows = self.task.sample(self.prompt_rng, self.rl.prompts_per_rollout)
-        # μ's weights: `staleness` optimizer steps old, else the live model (a no-op for engines sampling
+        # μ's weights: lagged (see __init__), else the live model (a no-op for engines sampling
         # with the trainer's model object itself; engines holding a copy load it here)
-        self.engine.sync_weights(self.history[0] if self.rl.staleness > 0 else self.model)
+        if self.rl.staleness_rollouts > 0 and self.step > 0:
+            self.history.append(_clone_state(self.model))  # the weights at the start of this rollout step
+        self.engine.sync_weights(self.history[0] if self.lag > 0 else self.model)
         rb = self.engine.generate([r["problem"] for r in rows], self.rl.samples_per_prompt, self.rl.max_new_tokens,
                                   self.rl.temperature, self.rl.top_p,
                                   self.rl.topk if self.rule.needs_topk else None, self.sample_gen)
@@ -350,7 +361,7 @@ class Trainer:
                 self.counters["bad_in_a_row"] += 1
             self.opt.zero_grad(set_to_none=True)
             self.counters["updates"] += 1
-            if rl.staleness > 0:
+            if rl.staleness > 0:  # lag in optimizer steps
                 self.history.append(_clone_state(model))
             sums["train/loss"].append(loss)
             sums["train/grad_norm"].append(gnorm)

@@ -107,10 +107,18 @@ class HFEngine:
             rollouts), else it samples with the trainer's model object itself.
         tokenizer: supplies pad/eos ids and decoding.
         copy_model: keep a private copy updated by :meth:`sync_weights`.
+        rollout_dtype: e.g. ``"bfloat16"``: sample from a private copy in that precision, so that μ
+            differs from the trainer's float32 π_old by precision, as with a separate inference
+            engine (implies a copy; :meth:`sync_weights` casts on load).
     """
 
-    def __init__(self, model, tokenizer, copy_model: bool = False):
-        self.model = copy.deepcopy(model) if copy_model else model
+    def __init__(self, model, tokenizer, copy_model: bool = False, rollout_dtype: str | None = None):
+        dtype = getattr(torch, rollout_dtype) if isinstance(rollout_dtype, str) else rollout_dtype
+        if dtype == torch.float32:
+            dtype = None
+        self.model = copy.deepcopy(model) if (copy_model or dtype is not None) else model
+        if dtype is not None:
+            self.model = self.model.to(dtype)
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
