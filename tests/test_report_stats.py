@@ -11,7 +11,8 @@ import pytest
 
 from cppo.report.collect import RunRecord, eval_metric, read_metrics_jsonl
 from cppo.report.grid import Cell, apply_sets, cells, parents
-from cppo.report.stats import bootstrap_band, bootstrap_ci, ci_overlap, collapsed, iqm
+from cppo.report.stats import (auc, best_in_run, bootstrap_band, bootstrap_ci, ci_overlap, collapsed, final_value,
+                               iqm, time_to_collapse, wilson_interval)
 from cppo.report.tables import attach_published, cell_stats, load_published, markdown, write_csv
 
 
@@ -72,13 +73,48 @@ def test_collapse_detection():
     assert collapsed([(0, 0.87), (150, 0.44)]) is False  # 0.44 >= 0.435: just not half
     assert collapsed([(0, 0.87), (150, 0.43)]) is True
     assert collapsed([(150, 0.2), (0, 0.87)]) is True  # order of the input does not matter
-    assert collapsed([(0, 0.87), (25, 0.1), (150, 0.85)]) is False  # recovered: judged on the final value
+    assert collapsed([(0, 0.87), (25, 0.1), (150, 0.85)]) is True  # a dip counts, even when it recovers
+    assert collapsed([(0, 0.87), (25, 0.1), (150, 0.85)], horizon=20) is False  # the dip is past the horizon
     assert collapsed([(0, 0.5), (10, float("nan"))]) is True  # ended on nan
-    assert collapsed([(0, 0.0), (10, 0.0)]) is False  # nothing to lose
-    assert collapsed([]) is None and collapsed([(5, 0.4)]) is None  # undecidable
+    assert collapsed([(0, 0.0), (10, 0.0)]) is None  # nothing to lose: undecidable
+    assert collapsed([]) is None
     assert collapsed([(0, 0.8), (10, 0.5)], frac=0.7) is True
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="frac"):
         collapsed([(0, 1.0), (1, 1.0)], frac=0.0)
+
+
+def test_time_to_collapse_censoring_and_edge_cases():
+    falls = [(0, 0.40), (10, 0.30), (20, 0.19), (30, 0.05), (40, 0.30)]
+    assert time_to_collapse(falls) == (20, True)  # first step below 0.20, not the lowest one
+    assert time_to_collapse(falls, horizon=15) == (15, False)  # censored at the horizon
+    never = [(0, 0.40), (10, 0.35), (20, 0.45), (30, 0.21)]
+    assert time_to_collapse(never, horizon=100) == (100, False)  # censored at H, not at the last eval
+    assert time_to_collapse(never) == (30, False)  # no horizon given: the last evaluated step
+    # a seed that collapses at step 0: its step-0 value is already below half the reference
+    assert time_to_collapse([(0, 0.1), (10, 0.4)], reference=0.4) == (0, True)
+    assert time_to_collapse([(0, float("nan")), (10, 0.4)], reference=0.4) == (0, True)
+    assert time_to_collapse([(0, 0.0), (10, 0.0)]) is None and time_to_collapse([]) is None
+    assert time_to_collapse([(0, 0.4)]) == (0, False)  # only the start: censored at once
+
+
+def test_auc_best_final_hand_computed():
+    h = [(0, 0.4), (10, 0.2), (20, 0.0)]
+    # trapezoids: 10 * 0.3 + 10 * 0.1 = 4.0 over 20 steps; held at 0 to 40: 4.0 / 40
+    assert auc(h) == pytest.approx(0.2)
+    assert auc(h, horizon=40) == pytest.approx(0.1)
+    assert auc([(0, 0.5), (10, 0.5)], horizon=100) == pytest.approx(0.5)  # a flat curve: its value
+    assert auc([(0, 0.5), (10, float("nan"))]) == pytest.approx(0.25)  # nan counts as 0: (0.5 + 0) / 2
+    assert math.isnan(auc([]))
+    assert best_in_run(h) == 0.4 and best_in_run([(0, 0.1), (10, 0.3), (30, 0.9)], horizon=20) == 0.3
+    assert final_value(h) == 0.0 and final_value(h, horizon=15) == 0.2
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(3, 3)
+    assert hi == 1.0 and lo == pytest.approx(0.4385, abs=1e-3)  # 3/3 is not certainty
+    lo, hi = wilson_interval(0, 5)
+    assert lo == 0.0 and hi == pytest.approx(0.4345, abs=1e-3)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
 def test_ci_overlap():
@@ -192,3 +228,64 @@ def test_read_metrics_jsonl_and_eval_json(tmp_path):
     assert eval_metric({"results": {"b": {"avg@4": 0.75}}}, "b", "avg@4") == 0.75
     assert eval_metric({"benchmarks": {"b": {"metrics": {"avg@4": 0.1}}}}, "b", "avg@4") == 0.1
     assert eval_metric({"results": {"other": {"avg@4": 0.75}}}, "b", "avg@4") is None
+
+
+# ----------------------------------------------------------------------------- the pressure ladder
+LADDER = {
+    "profile": "lad", "task": {"name": "chain"}, "scales": {"s": {}},
+    "rl": {"steps": 40}, "settings": {"onpolicy": {"updates_per_rollout": 1}, "upd8": {"updates_per_rollout": 8}},
+    "methods": {"pg_is": {"rule": "pg_is"}, "cppo": {"rule": "cppo"}},
+    "grid": {"methods": ["pg_is", "cppo"], "scales": ["s"], "seeds": [1, 2, 3], "settings": ["onpolicy", "upd8"],
+             "reference": {"setting": "onpolicy", "method": "pg_is"}},
+}
+
+
+def _lrec(setting, method, seed, hist):
+    r = RunRecord(cell=Cell(setting, method, method, "s", seed), run_dir=Path("/nonexistent"))
+    r.histories["eval/chain_id/greedy_acc"] = hist
+    return r
+
+
+def test_reference_rung_is_trained_with_one_method():
+    from cppo.report.grid import reference
+
+    cs = cells(LADDER)
+    assert [(c.setting, c.method) for c in cs if c.setting == "onpolicy"] == [("onpolicy", "pg_is")] * 3
+    assert len([c for c in cs if c.setting == "upd8"]) == 6 and reference(LADDER) == ("onpolicy", "pg_is")
+    with pytest.raises(ValueError, match="grid.reference.setting"):
+        cells(apply_sets(LADDER, ["grid.reference.setting=fresh"]))
+
+
+def test_stability_stats_frontier_and_summary(tmp_path):
+    from cppo.report.plots import frontier_figure
+    from cppo.report.summary import ladder_section
+    from cppo.report.tables import stability_markdown, stability_stats
+
+    flat = [(0, 0.4), (10, 0.4), (20, 0.4), (30, 0.4), (40, 0.4)]
+    recs = [_lrec("onpolicy", "pg_is", k, flat) for k in (1, 2, 3)]
+    recs += [_lrec("upd8", "pg_is", 1, [(0, 0.4), (10, 0.1), (20, 0.1), (30, 0.1), (40, 0.1)]),  # at 10
+             _lrec("upd8", "pg_is", 2, [(0, 0.4), (10, 0.3), (20, 0.1), (30, 0.1), (40, 0.1)]),  # at 20
+             _lrec("upd8", "pg_is", 3, [(0, 0.4), (10, 0.3), (20, 0.3), (30, 0.3), (40, 0.3)])]  # never
+    recs += [_lrec("upd8", "cppo", k, flat) for k in (1, 2, 3)]
+    H = {("onpolicy", "s"): 40, ("upd8", "s"): 40}
+    stab = stability_stats(recs, "eval/chain_id/greedy_acc", 0.5, n_boot=2000, horizons=H)
+    idx = {(c.setting, c.method, c.benchmark): c for c in stab}
+    t = idx[("upd8", "pg_is", "time_to_collapse")]
+    assert t.values == [10.0, 20.0, 40.0] and t.mean == pytest.approx(70 / 3)  # the third seed censored at H
+    assert (t.n_collapsed, t.n_decided) == (2, 3)
+    assert idx[("upd8", "pg_is", "auc")].values[0] == pytest.approx((10 * 0.25 + 30 * 0.1) / 40)
+    assert idx[("upd8", "cppo", "time_to_collapse")].values == [40.0] * 3
+    assert idx[("upd8", "cppo", "best")].mean == pytest.approx(0.4)
+    assert idx[("upd8", "pg_is", "final")].values == pytest.approx([0.1, 0.1, 0.3])
+    assert idx[("onpolicy", "pg_is", "auc")].n_collapsed == 0 and ("onpolicy", "cppo", "auc") not in idx
+
+    md = stability_markdown(stab, ["pg_is", "cppo"], ["s"], ["onpolicy", "upd8"], "eval/chain_id/greedy_acc",
+                            ("onpolicy", "pg_is"))
+    assert "| onpolicy | pg_is (on-policy reference) | 0/3 |" in md and "| upd8 | pg_is | 2/3 | 23 [" in md
+    text = "\n".join(ladder_section(stab, ["pg_is", "cppo"], ["s"], ["onpolicy", "upd8"], ("onpolicy", "pg_is"),
+                                    "eval/chain_id/greedy_acc", H))
+    assert "collapsed seeds pg_is 2/3, cppo 0/3" in text
+    assert "separated: cppo > pg_is" in text  # AUC 0.40 [0.40, 0.40] vs at most 0.29
+    paths = frontier_figure(stab, ["pg_is", "cppo"], ["onpolicy", "upd8"], "s", tmp_path, ("onpolicy", "pg_is"), 40)
+    assert [p.name for p in paths] == ["frontier_scale-s.png", "frontier_scale-s.svg"]
+    assert all(p.stat().st_size > 5000 for p in paths)

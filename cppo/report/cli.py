@@ -65,13 +65,15 @@ def main(args) -> int:
     from cppo import tracking
     from cppo.report import plots
     from cppo.report.collect import collect, headline_metric
-    from cppo.report.grid import cells as grid_cells, load_config, settings_of
+    from cppo.report.grid import cells as grid_cells, load_config, reference as grid_reference, settings_of
     from cppo.report.summary import write_summary
-    from cppo.report.tables import attach_published, cell_stats, load_published, markdown, write_csv
+    from cppo.report.tables import (attach_published, cell_stats, horizon, load_published, markdown,
+                                    stability_markdown, stability_stats, write_csv)
 
     try:
         cfg = load_config(args.config, args.sets)
         cells = grid_cells(cfg)
+        reference = grid_reference(cfg)
     except ValueError as err:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
@@ -97,19 +99,27 @@ def main(args) -> int:
     print(f"cppo report: {len(records)} runs ({src['mlflow']} from MLflow, {src['files']} from run folders, "
           f"{src['missing']} missing)")
 
+    horizons = {(st, sc): horizon(cfg, st, sc) for st in settings for sc in scales}
     stats = cell_stats(records, benchmarks, metric, rs["collapse_metric"], rs["collapse_frac"],
-                       n_boot=rs["bootstrap"], best=rs["best_within_steps"])
+                       n_boot=rs["bootstrap"], best=rs["best_within_steps"], horizons=horizons)
+    stab = stability_stats(records, rs["collapse_metric"], rs["collapse_frac"], n_boot=rs["bootstrap"],
+                           horizons=horizons)
     if rs["published"]:
         pub_path = Path(rs["published"])
         if not pub_path.is_file():
             pub_path = Path(tracking.REPO) / rs["published"]
         attach_published(stats, load_published(pub_path), rs["published_model"])
     write_csv(stats, out / "table.csv")
+    write_csv(stab, out / "stability.csv")
     pct = all(0.0 <= v <= 1.0 for s in stats for v in s.values)
     table = markdown(stats, benchmarks, metric, methods, scales, settings, pct=pct)
-    (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n{table}\n"
-                                  f"Collapsed: seeds whose final `{rs['collapse_metric']}` fell below "
-                                  f"{rs['collapse_frac']:g} × its step-0 value.\n")
+    stab_table = stability_markdown(stab, methods, scales, settings, rs["collapse_metric"], reference)
+    (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n"
+                                  f"## Stability over training\n\n{stab_table}\n"
+                                  f"## Final checkpoint\n\n{table}\n"
+                                  f"Collapsed: seeds whose `{rs['collapse_metric']}` fell below "
+                                  f"{rs['collapse_frac']:g} × its step-0 value at some evaluated step within the "
+                                  "horizon (the first such step is the time to collapse).\n")
 
     fig_dir = out / "figures"
     if fig_dir.exists():
@@ -117,6 +127,10 @@ def main(args) -> int:
     fig_dir.mkdir(parents=True)
     figures = []
     for scale in scales:
+        if len(settings) > 1:
+            figures += [p.name for p in plots.frontier_figure(stab, methods, settings, scale, fig_dir, reference,
+                                                              horizon=horizons.get((settings[-1], scale)))
+                        if p.suffix == ".png"]
         for setting in settings:
             figures += [p.name for p in plots.stability_figure(records, rs["curves"], methods, scale, setting,
                                                                fig_dir, n_boot=1000) if p.suffix == ".png"]
@@ -136,7 +150,8 @@ def main(args) -> int:
     text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
-                         provenance=tracking.provenance(), figures=figures)
+                         provenance=tracking.provenance(), figures=figures, stab=stab, reference=reference,
+                         horizons=horizons, notes=[str(n) for n in (cfg.get("report") or {}).get("notes") or []])
     (out / "summary.md").write_text(text)
     with open(out / "config.yaml", "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)

@@ -153,6 +153,3 @@ def headline_metric(cfg: dict) -> str:
     e = cfg.get("eval") or {}
     return str(e.get("metric") or f"avg@{int(e.get('n', 1))}")
 
-
-def final_value(history: list[tuple[int, float]]) -> float:
-    return history[-1][1] if history else math.nan

@@ -59,11 +59,14 @@ def cells(cfg: dict) -> list[Cell]:
     methods = cfg.get("methods") or {}
     scales = cfg.get("scales") or {}
     settings = cfg.get("settings") or {}
+    ref = reference(cfg)
     out = []
     for setting in settings_of(cfg):
         if setting != "default" and setting not in settings:
             raise ValueError(f"grid.settings: unknown setting {setting!r}; defined: {sorted(settings)}")
-        for method in grid["methods"]:
+        # the on-policy reference rung: one method stands for all (every rule is the PG there)
+        methods_here = [ref[1]] if ref and setting == ref[0] else grid["methods"]
+        for method in methods_here:
             if method not in methods:
                 raise ValueError(f"grid.methods: unknown method {method!r}; defined: {sorted(methods)}")
             rule = methods[method].get("rule") if isinstance(methods[method], dict) else None
@@ -75,6 +78,22 @@ def cells(cfg: dict) -> list[Cell]:
                 for seed in grid["seeds"]:
                     out.append(Cell(str(setting), str(method), str(rule), str(scale), int(seed)))
     return out
+
+
+def reference(cfg: dict) -> tuple[str, str] | None:
+    """(setting, method) of the on-policy reference rung (`grid.reference`), or None.
+
+    The setting must be one of `grid.settings`, and the method one of `methods:`; whether the setting
+    really is on-policy is checked when runs are resolved (cppo.config)."""
+    ref = (cfg.get("grid") or {}).get("reference")
+    if not ref:
+        return None
+    setting, method = str(ref["setting"]), str(ref["method"])
+    if setting not in settings_of(cfg):
+        raise ValueError(f"grid.reference.setting: {setting!r} is not one of grid.settings {settings_of(cfg)}")
+    if method not in (cfg.get("methods") or {}):
+        raise ValueError(f"grid.reference.method: unknown method {method!r}; defined: {sorted(cfg.get('methods') or {})}")
+    return setting, method
 
 
 def parents(cfg: dict) -> list[tuple[str, str, str, str]]:

@@ -5,6 +5,10 @@
   95% bootstrap band (thin lines: the individual seeds, so a single collapsing seed stays visible).
 - `position_figure`: one figure per (scale, setting); mean D_t and masked fraction by relative
   response position bucket, per method, mean over seeds with the band.
+- `frontier_figure`: one figure per scale, x = the settings in grid order (a pressure ladder:
+  bottom rung first), panels = collapse fraction (Wilson 95% interval), restricted mean time to
+  collapse, area under the accuracy curve and final accuracy (bootstrap 95% bands over seeds), one
+  line per method; the on-policy reference rung, trained with one method, is drawn in black.
 Both are written as PNG (for the HTML report and the README) and SVG (for papers).
 """
 
@@ -15,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import bootstrap_band
+from cppo.report.stats import bootstrap_band, wilson_interval
 
 
 def _plt():
@@ -133,3 +137,60 @@ def position_figure(records: list[RunRecord], methods: list[str], scale: str, se
     fig.suptitle(f"Per-position profile: scale {scale}, setting {setting} (mean over seeds, whole run)", fontsize=11)
     fig.tight_layout()
     return _save(fig, out, f"position_scale-{scale}_setting-{setting}")
+
+
+def frontier_figure(stab, methods: list[str], settings: list[str], scale: str, out: Path,
+                    reference: tuple[str, str] | None = None, horizon: int | None = None) -> list[Path]:
+    """The stability frontier of one scale from `tables.stability_stats` cells (see the module docstring)."""
+    plt = _plt()
+    idx = {(c.setting, c.method, c.benchmark): c for c in stab if c.scale == scale}
+    colors = _colors(methods)
+    x_of = {s: i for i, s in enumerate(settings)}
+    panels = [("collapsed", "collapse fraction (Wilson 95%)"),
+              ("time_to_collapse", f"time to collapse (restricted mean, steps ≤ {horizon or 'H'})"),
+              ("auc", "area under greedy accuracy / horizon"), ("final", "final greedy accuracy")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    width = 0.3
+    lines = [(m, colors[m], (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1))
+             for i, m in enumerate(methods)]
+    if reference:
+        lines.append((reference[1], "black", 0.0))
+    for ax, (key, title) in zip(axes[0], panels):
+        for m, color, dx in lines:
+            is_ref = reference is not None and color == "black"
+            xs, ys, los, his = [], [], [], []
+            for st in settings:
+                if reference and (st == reference[0]) != is_ref:
+                    continue
+                c = idx.get((st, m, "auc" if key == "collapsed" else key))
+                if c is None or (key != "collapsed" and not c.values) or (key == "collapsed" and not c.n_decided):
+                    continue
+                if key == "collapsed":
+                    y = c.n_collapsed / c.n_decided
+                    lo, hi = wilson_interval(c.n_collapsed, c.n_decided)
+                else:
+                    y, lo, hi = c.mean, c.lo, c.hi
+                xs.append(x_of[st] + dx)
+                ys.append(y)
+                los.append(lo if np.isfinite(lo) else y)
+                his.append(hi if np.isfinite(hi) else y)
+            if not xs:
+                continue
+            xs, ys, los, his = map(np.asarray, (xs, ys, los, his))
+            label = f"{m} (on-policy reference)" if is_ref else m
+            ax.errorbar(xs, ys, yerr=[ys - los, his - ys], color=color, marker="s" if is_ref else "o", ms=5,
+                        lw=1.6, capsize=3, label=label, ls="none" if is_ref else "-")
+        ax.set_xticks(range(len(settings)))
+        ax.set_xticklabels(settings, fontsize=8, rotation=20)
+        ax.set_xlabel("rung (off-policy pressure →)", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        if key == "collapsed":
+            ax.set_ylim(-0.05, 1.05)
+    h, lab = axes[0][0].get_legend_handles_labels()
+    if h:
+        fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 6), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle(f"Stability frontier: scale {scale} (mean over seeds with 95% intervals)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return _save(fig, out, f"frontier_scale-{scale}")

@@ -12,9 +12,18 @@ broke, which a mean over seeds blurs.
   of n values holds mass 1/n; a value straddling a quartile counts with the part inside. This
   equals scipy's `trim_mean(x, 0.25)` when n is a multiple of 4 and stays informative for n = 3
   (weights 1/6, 2/3, 1/6 on the sorted values) where plain trimming would drop nothing.
-- `collapsed(history)`: the final value of a metric is below `frac` times its value at the first
-  logged step (default: final greedy test accuracy < half its starting value). A run whose start
-  is 0 cannot collapse by this definition.
+- Stability of one run, from the trainer's periodic evaluations [(step, value), ...] of the collapse
+  metric (greedy test accuracy by default), over a horizon H (the run's planned steps):
+  - `time_to_collapse`: the first evaluated step whose value is below `frac` × the reference (its
+    value at step 0 unless given), or H with the event flag off when it never falls that low (right
+    censoring). A non-finite value counts as fallen. The mean over seeds of these censored times is
+    the *restricted mean time to collapse* (restricted to [0, H]); it is not biased by the
+    censoring, but it cannot exceed H. A run that starts at 0 cannot collapse (undecidable).
+  - `collapsed`: the event flag of `time_to_collapse` (a run that dips below the line and recovers
+    has collapsed: the dip is what a trust region should prevent).
+  - `auc`: the area under the curve on [0, H] divided by H (trapezoids between evaluated steps,
+    the last value held to H): the mean accuracy over training, which rewards a late collapse.
+  - `best_in_run` and `final_value`: the maximum and the last evaluated value.
 """
 
 from __future__ import annotations
@@ -93,20 +102,83 @@ def iqm(values: Sequence[float]) -> float:
     return float((inside * x).sum() / inside.sum())
 
 
-def collapsed(history: Sequence[tuple[int, float]], frac: float = 0.5) -> bool | None:
-    """True when the last value of `history` [(step, value), ...] is < frac × its first value.
+def _points(history: Sequence[tuple[int, float]]) -> list[tuple[int, float]]:
+    return sorted((int(st), float(v)) for st, v in history)
 
-    None when the history has fewer than two points or its first value is not finite (undecidable).
+
+def time_to_collapse(history: Sequence[tuple[int, float]], frac: float = 0.5, horizon: int | None = None,
+                     reference: float | None = None) -> tuple[int, bool] | None:
+    """(step, collapsed): the first evaluated step whose value is < frac × reference, or (horizon, False).
+
+    `reference` defaults to the value at the first logged step; `horizon` to the last logged step.
+    None (undecidable) when there is no point, or the reference is not finite or not > 0.
     """
     if not 0 < frac <= 1:
-        raise ValueError(f"collapsed: frac must be in (0, 1], got {frac}")
-    pts = sorted((int(s), float(v)) for s, v in history)
-    if len(pts) < 2 or not math.isfinite(pts[0][1]):
+        raise ValueError(f"time_to_collapse: frac must be in (0, 1], got {frac}")
+    pts = _points(history)
+    if not pts:
         return None
-    start, final = pts[0][1], pts[-1][1]
-    if not math.isfinite(final):
-        return True  # a run that ends on nan/inf has broken
-    return final < frac * start
+    ref = pts[0][1] if reference is None else float(reference)
+    if not math.isfinite(ref) or ref <= 0:
+        return None
+    H = pts[-1][0] if horizon is None else int(horizon)
+    for step, v in pts:
+        if step > H:
+            break
+        if not math.isfinite(v) or v < frac * ref:
+            return step, True
+    return H, False
+
+
+def collapsed(history: Sequence[tuple[int, float]], frac: float = 0.5, horizon: int | None = None) -> bool | None:
+    """Whether the run collapsed within the horizon (see `time_to_collapse`); None when undecidable."""
+    t = time_to_collapse(history, frac, horizon)
+    return None if t is None else t[1]
+
+
+def auc(history: Sequence[tuple[int, float]], horizon: int | None = None) -> float:
+    """Area under the curve on [first step, horizon] / its length; the last value is held to the horizon.
+
+    A non-finite value counts as 0 (a broken model solves nothing). nan when there is no point.
+    """
+    pts = [(st, v if math.isfinite(v) else 0.0) for st, v in _points(history)]
+    if not pts:
+        return math.nan
+    H = pts[-1][0] if horizon is None else int(horizon)
+    pts = [p for p in pts if p[0] <= H]
+    if pts[-1][0] < H:
+        pts.append((H, pts[-1][1]))
+    if H == pts[0][0]:
+        return pts[0][1]
+    area = sum((s1 - s0) * (v0 + v1) / 2 for (s0, v0), (s1, v1) in zip(pts, pts[1:]))
+    return area / (H - pts[0][0])
+
+
+def best_in_run(history: Sequence[tuple[int, float]], horizon: int | None = None) -> float:
+    """The largest finite value within the horizon (step 0 included); nan when there is none."""
+    vals = [v for st, v in _points(history) if (horizon is None or st <= horizon) and math.isfinite(v)]
+    return max(vals) if vals else math.nan
+
+
+def final_value(history: Sequence[tuple[int, float]], horizon: int | None = None) -> float:
+    """The last value within the horizon (nan when there is none)."""
+    pts = [p for p in _points(history) if horizon is None or p[0] <= horizon]
+    return pts[-1][1] if pts else math.nan
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n = 0.
+
+    Why Wilson: with 3-5 seeds and k = 0 or k = n the normal interval collapses to a point, while
+    Wilson's stays honest (3/3 gives [0.44, 1]).
+    """
+    if n <= 0:
+        return math.nan, math.nan
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def ci_overlap(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:

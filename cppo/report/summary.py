@@ -36,10 +36,77 @@ def run_mean(rec: RunRecord, key: str) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def _ci(c: CellStats, steps: bool = False) -> str:
+    f = (lambda v: "–" if not math.isfinite(v) else f"{v:.0f}") if steps else _pct
+    if not c.values:
+        return "–"
+    return f"{f(c.mean)}" + ("" if math.isnan(c.lo) else f" [{f(c.lo)}, {f(c.hi)}]")
+
+
+def ladder_section(stab: list[CellStats], methods: list[str], scales: list[str], settings: list[str],
+                   reference: tuple[str, str] | None, collapse_metric: str, horizons: dict) -> list[str]:
+    """Sentences per rung × scale: who collapses, who separates on AUC / time to collapse, what is noise."""
+    idx = {(c.setting, c.method, c.scale, c.benchmark): c for c in stab}
+    out = ["## The pressure ladder: stability per rung", "",
+           f"Per seed, from the trainer's evaluations of `{collapse_metric}` (every `rl.eval_every` steps): "
+           "time to collapse (censored at the horizon; the mean over seeds is the restricted mean), the area "
+           "under the curve divided by the horizon (AUC), and the final value. Two methods are called "
+           "*separated* on a measure only when their 95% bootstrap intervals do not overlap; otherwise the "
+           "order is *within noise*.", ""]
+    for scale in scales:
+        for setting in settings:
+            H = horizons.get((setting, scale))
+            if reference and setting == reference[0]:
+                c = idx.get((setting, reference[1], scale, "auc"))
+                if c is None or not c.values:
+                    continue
+                f = idx[(setting, reference[1], scale, "final")]
+                out.append(f"- `{setting}` / `{scale}` (on-policy reference, {reference[1]} standing for every "
+                           f"rule): collapsed {c.n_collapsed}/{c.n_decided}; AUC {_ci(c)}, final {_ci(f)}.")
+                continue
+            cells = {m: idx.get((setting, m, scale, "auc")) for m in methods}
+            cells = {m: c for m, c in cells.items() if c is not None and c.values}
+            if not cells:
+                continue
+            col = ", ".join(f"{m} {c.n_collapsed}/{c.n_decided}" for m, c in cells.items())
+            text = f"- `{setting}` / `{scale}` (horizon {H} steps): collapsed seeds {col}."
+            for key, name, steps in (("auc", "AUC", False), ("time_to_collapse", "time to collapse", True)):
+                cs = sorted(((m, idx[(setting, m, scale, key)]) for m in cells), key=lambda mc: -mc[1].mean
+                            if math.isfinite(mc[1].mean) else math.inf)
+                order = ", ".join(f"{m} {_ci(c, steps)}" for m, c in cs)
+                seps = [f"{a} > {b}" for i, (a, ca) in enumerate(cs) for b, cb in cs[i + 1:]
+                        if ca.values and cb.values and not ci_overlap((ca.mean, ca.lo, ca.hi), (cb.mean, cb.lo, cb.hi))]
+                text += f" {name}: {order}; " + (f"separated: {', '.join(seps)}." if seps else "all within noise.")
+            out.append(text)
+    # CPPO against DPPO and GRPO, plainly, per rung
+    pairs = [(a, b) for a in ("cppo",) for b in ("dppo", "grpo") if a in methods and b in methods]
+    for a, b in pairs:
+        verdicts = []
+        for scale in scales:
+            for setting in settings:
+                if reference and setting == reference[0]:
+                    continue
+                ca, cb = idx.get((setting, a, scale, "auc")), idx.get((setting, b, scale, "auc"))
+                ta, tb = idx.get((setting, a, scale, "time_to_collapse")), idx.get((setting, b, scale, "time_to_collapse"))
+                if not (ca and cb and ca.values and cb.values):
+                    continue
+                sep = not ci_overlap((ca.mean, ca.lo, ca.hi), (cb.mean, cb.lo, cb.hi))
+                word = ("higher" if ca.mean > cb.mean else "lower") if sep else "within noise of"
+                verdicts.append(f"`{setting}`/`{scale}`: AUC {_pct(ca.mean)} vs {_pct(cb.mean)} ({word}"
+                                f"{'' if not sep else ' than'} {b}), time to collapse {ta.mean:.0f} vs {tb.mean:.0f} steps, "
+                                f"collapsed {ca.n_collapsed}/{ca.n_decided} vs {cb.n_collapsed}/{cb.n_decided}")
+        if verdicts:
+            out.append(f"- **{a} against {b}**: " + "; ".join(verdicts) + ".")
+    out.append("")
+    return out
+
+
 def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *, metric: str,
                   benchmarks: list[str], collapse_metric: str, collapse_frac: float, methods: list[str],
                   scales: list[str], settings: list[str], wall_s: float | None, provenance: dict,
-                  figures: list[str]) -> str:
+                  figures: list[str], stab: list[CellStats] | None = None,
+                  reference: tuple[str, str] | None = None, horizons: dict | None = None,
+                  notes: list[str] | None = None) -> str:
     profile = cfg["profile"]
     grid = cfg["grid"]
     n_total = len(records)
@@ -51,8 +118,9 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
              f"{' (uncommitted changes)' if provenance.get('git_dirty') == 'true' else ''}.", "",
              "## Grid and cost", "",
              f"- {len(methods)} methods ({', '.join(methods)}) × {len(scales)} scales ({', '.join(scales)}) × "
-             f"{len(grid['seeds'])} seeds × {len(settings)} settings ({', '.join(settings)}) = {n_total} runs; "
-             f"{n_done} finished, {n_eval} evaluated on {', '.join(benchmarks) or 'nothing'}.",
+             f"{len(grid['seeds'])} seeds × {len(settings)} settings ({', '.join(settings)})"
+             + (f", the on-policy rung `{reference[0]}` trained with {reference[1]} only" if reference else "")
+             + f" = {n_total} runs; {n_done} finished, {n_eval} evaluated on {', '.join(benchmarks) or 'nothing'}.",
              f"- Pipeline wall time (first job start → last run evaluated): **{_dur(wall_s)}**."]
     durs = [(r.end_ms - r.start_ms) / 1000 for r in records if r.start_ms and r.end_ms and r.end_ms > r.start_ms]
     if durs:
@@ -77,11 +145,16 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
               f"per problem at temperature {cfg.get('eval', {}).get('temperature', 0.7)}) on each benchmark; **mean** = "
               "unweighted mean over the benchmarks, per seed. Table cells: mean over seeds with a 95% percentile "
               "bootstrap interval, and the interquartile mean (IQM).",
-              f"- **Collapsed seed**: the final value of `{collapse_metric}` (logged by the trainer during training) "
-              f"is below {collapse_frac:g} × its value at step 0.", ""]
+              f"- **Collapsed seed**: at some evaluated step within the horizon, `{collapse_metric}` (logged by the "
+              f"trainer during training) is below {collapse_frac:g} × its value at step 0; the first such step is "
+              "its time to collapse.", ""]
+    if notes:
+        lines += ["## Choices of this profile", ""] + [f"- {n}" for n in notes] + [""]
+    if stab:
+        lines += ladder_section(stab, methods, scales, settings, reference, collapse_metric, horizons or {})
 
     idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
-    lines += ["## What the grid shows", ""]
+    lines += [f"## Final scores (`{metric}` of the final checkpoint)", ""]
     for setting in settings:
         for scale in scales:
             cells = [idx[(setting, m, scale, "mean")] for m in methods if (setting, m, scale, "mean") in idx]
@@ -92,8 +165,9 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
             ranked = sorted(cells, key=lambda c: -c.mean)
             best = ranked[0]
             if len(ranked) == 1:
+                what = "the on-policy reference" if reference and setting == reference[0] else "nothing to compare"
                 lines.append(f"- `{setting}` / scale `{scale}`: only {best.method} has evaluated runs "
-                             f"({_pct(best.mean)}, n={len(best.values)}); nothing to compare.")
+                             f"({_pct(best.mean)}, n={len(best.values)}); {what}.")
                 continue
             order = ", ".join(f"{c.method} {_pct(c.mean)}" for c in ranked)
             sep = [c.method for c in ranked[1:] if not ci_overlap((best.mean, best.lo, best.hi), (c.mean, c.lo, c.hi))]
@@ -179,6 +253,9 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
               "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
               "specifies), so a difference between settings cannot be attributed to either alone."
               if {"fresh", "stale"} <= set(settings) else "",
+              "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
+              "horizon: a method that never collapses and one that collapses just after the horizon look alike."
+              if stab else "",
               ""]
     if figures:
         lines += ["## Figures", ""] + [f"- [{f}](figures/{f})" for f in figures] + [""]

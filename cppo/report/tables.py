@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import bootstrap_ci, collapsed, iqm
+from cppo.report.stats import auc, best_in_run, bootstrap_ci, final_value, iqm, time_to_collapse
 
 
 @dataclass
@@ -27,7 +27,7 @@ class CellStats:
     rule: str
     scale: str
     benchmark: str
-    """a benchmark name or "mean" (over benchmarks)"""
+    """a benchmark name, "mean" (over benchmarks), or a stability measure (`STABILITY`)"""
     values: list[float] = field(default_factory=list)
     """per-seed scores (finished runs with an evaluation)"""
     seeds: list[int] = field(default_factory=list)
@@ -62,17 +62,41 @@ def _mean_score(rec: RunRecord, benchmarks: list[str], metric: str, best: bool) 
     return sum(vals) / len(vals) if vals and all(math.isfinite(v) for v in vals) else math.nan
 
 
-def cell_stats(records: list[RunRecord], benchmarks: list[str], metric: str, collapse_metric: str,
-               collapse_frac: float = 0.5, n_boot: int = 10_000, best: bool = False) -> list[CellStats]:
-    """Statistics per (setting, method, scale) × (each benchmark, "mean")."""
+def horizon(cfg: dict, setting: str, scale: str) -> int | None:
+    """The planned rollout steps of a (setting, scale) run: `rl.steps` after the setting's overrides."""
+    from cppo.config import RLConfig
+
+    steps = {**(cfg.get("rl") or {}), **((cfg.get("settings") or {}).get(setting) or {})}.get("steps", RLConfig.steps)
+    if isinstance(steps, dict):
+        steps = steps.get(scale)
+    return None if steps is None else int(steps)
+
+
+def _groups(records: list[RunRecord]) -> dict[tuple[str, str, str, str], list[RunRecord]]:
     groups: dict[tuple[str, str, str, str], list[RunRecord]] = {}
     for r in records:
         groups.setdefault((r.cell.setting, r.cell.method, r.cell.rule, r.cell.scale), []).append(r)
+    return groups
+
+
+def _collapse_counts(recs: list[RunRecord], collapse_metric: str, frac: float, horizons: dict) -> tuple[int, int]:
+    """(collapsed, decided) seeds of a cell (first fall below frac × the step-0 value, `stats.time_to_collapse`)."""
+    flags = [time_to_collapse(r.histories.get(collapse_metric) or [], frac,
+                              horizons.get((r.cell.setting, r.cell.scale))) for r in recs]
+    return sum(1 for f in flags if f and f[1]), sum(1 for f in flags if f is not None)
+
+
+def cell_stats(records: list[RunRecord], benchmarks: list[str], metric: str, collapse_metric: str,
+               collapse_frac: float = 0.5, n_boot: int = 10_000, best: bool = False,
+               horizons: dict[tuple[str, str], int | None] | None = None) -> list[CellStats]:
+    """Statistics per (setting, method, scale) × (each benchmark, "mean").
+
+    `horizons`: (setting, scale) -> planned steps, the censoring horizon of the collapse test
+    (default: each run's last logged step)."""
+    horizons = horizons or {}
     out = []
-    for (setting, method, rule, scale), recs in groups.items():
-        flags = [collapsed(r.histories.get(collapse_metric) or [], collapse_frac) for r in recs]
-        n_col = sum(1 for f in flags if f)
-        n_dec = sum(1 for f in flags if f is not None)
+    for (setting, method, rule, scale), recs in _groups(records).items():
+        n_col, n_dec = _collapse_counts(recs, collapse_metric, collapse_frac, horizons)
         for b in [*benchmarks, "mean"]:
             cs = CellStats(setting, method, rule, scale, b, n_collapsed=n_col, n_decided=n_dec, n_runs=len(recs))
             for r in recs:
@@ -84,6 +108,86 @@ def cell_stats(records: list[RunRecord], benchmarks: list[str], metric: str, col
             cs.iqm = iqm(cs.values)
             out.append(cs)
     return out
+
+
+STABILITY = {
+    "time_to_collapse": "restricted mean time to collapse (steps; censored at the horizon)",
+    "auc": "area under the accuracy curve / horizon",
+    "best": "best-in-run accuracy",
+    "final": "final accuracy",
+}
+"""Stability measures of a cell, from the trainer's periodic evaluations of the collapse metric."""
+
+
+def stability_stats(records: list[RunRecord], collapse_metric: str, collapse_frac: float = 0.5,
+                    n_boot: int = 10_000, horizons: dict[tuple[str, str], int | None] | None = None) -> list[CellStats]:
+    """Per (setting, method, scale) × STABILITY measure: the per-seed values, bootstrap CI and IQM.
+
+    Per seed (`cppo.report.stats`): time to collapse (censored at the horizon), the normalised area
+    under the `collapse_metric` curve, its best and its final value. Seeds whose collapse is
+    undecidable (no step-0 value, or 0 there) count in neither `n_collapsed` nor `n_decided`.
+    """
+    horizons = horizons or {}
+    out = []
+    for (setting, method, rule, scale), recs in _groups(records).items():
+        H = horizons.get((setting, scale))
+        n_col, n_dec = _collapse_counts(recs, collapse_metric, collapse_frac, horizons)
+        cells = {k: CellStats(setting, method, rule, scale, k, n_collapsed=n_col, n_decided=n_dec, n_runs=len(recs))
+                 for k in STABILITY}
+        for r in recs:
+            hist = r.histories.get(collapse_metric) or []
+            if not hist:
+                continue
+            ttc = time_to_collapse(hist, collapse_frac, H)
+            vals = {"time_to_collapse": math.nan if ttc is None else float(ttc[0]), "auc": auc(hist, H),
+                    "best": best_in_run(hist, H), "final": final_value(hist, H)}
+            for k, v in vals.items():
+                if math.isfinite(v):
+                    cells[k].values.append(v)
+                    cells[k].seeds.append(r.cell.seed)
+        for cs in cells.values():
+            cs.mean, cs.lo, cs.hi = bootstrap_ci(cs.values, n_boot=n_boot)
+            cs.iqm = iqm(cs.values)
+            out.append(cs)
+    return out
+
+
+def stability_markdown(stats: list[CellStats], methods: list[str], scales: list[str], settings: list[str],
+                       collapse_metric: str, reference: tuple[str, str] | None = None) -> str:
+    """One table per scale: rows = rung (setting) × method; columns = collapsed seeds and STABILITY."""
+    idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
+    lines = []
+    for sc in scales:
+        lines += [f"### Scale `{sc}`: stability of `{collapse_metric}` (mean [95% CI] over seeds; IQM)", "",
+                  "| setting | method | collapsed | " + " | ".join(STABILITY.values()) + " |",
+                  "|---|---|---|" + "---|" * len(STABILITY)]
+        for setting in settings:
+            ms = [reference[1]] if reference and setting == reference[0] else methods
+            for m in ms:
+                first = idx.get((setting, m, sc, "auc"))
+                if first is None:
+                    continue
+                row = [setting, m + (" (on-policy reference)" if reference and setting == reference[0] else ""),
+                       f"{first.n_collapsed}/{first.n_decided}" if first.n_decided else "–"]
+                for k in STABILITY:
+                    c = idx[(setting, m, sc, k)]
+                    row.append(f"{_fmt_ci_steps(c)}; {_fmt_steps(c.iqm)}" if k == "time_to_collapse"
+                               else f"{_fmt_ci(c, True)}; {_fmt(c.iqm, True)}")
+                lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt_steps(v: float) -> str:
+    return "–" if v is None or not math.isfinite(v) else f"{v:.0f}"
+
+
+def _fmt_ci_steps(s: CellStats) -> str:
+    if not s.values:
+        return "–"
+    if math.isnan(s.lo):
+        return f"{_fmt_steps(s.mean)} (n={len(s.values)})"
+    return f"{_fmt_steps(s.mean)} [{_fmt_steps(s.lo)}, {_fmt_steps(s.hi)}]"
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -161,6 +265,8 @@ def markdown(stats: list[CellStats], benchmarks: list[str], metric: str, methods
             head += [f"{sc}: mean [95% CI]", f"{sc}: IQM", f"{sc}: collapsed"] + ([f"{sc}: paper"] if has_pub else [])
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for m in methods:
+            if not any((setting, m, sc, "mean") in idx for sc in scales):
+                continue  # e.g. the on-policy reference rung, trained with one method only
             row = [m]
             for sc in scales:
                 s = idx.get((setting, m, sc, "mean"))
