@@ -18,7 +18,7 @@ HEADER = """\
 # tiny-all: every method of the paper's Table 1 that exists here, plus the CPPO ablations, 5 seeds.
 # GENERATED from config/tiny.yaml by workflow/scripts/make_tiny_all.py: the same task, models, SFT,
 # RL regime, settings, eval and report; only the methods and the grid differ (edit tiny.yaml, re-run).
-# 14 methods x 2 scales x 5 seeds x 2 settings = 280 runs (about 6x the tiny grid), so use more cores:
+# {count}, so use more cores:
 #   .venv/bin/snakemake --configfile config/tiny-all.yaml --cores 8
 profile: tiny-all
 """
@@ -46,7 +46,10 @@ grid:
             cppo_no_posw, cppo_no_prefix, cppo_shuffled_w, cppo_kl, cppo_soft, cppo_no_cap]
   scales: [s, m]
   seeds: [1, 2, 3, 4, 5]
-  settings: [fresh, stale]
+  # tiny's ladder plus the precision-mismatch setting (above on-policy, below one off-policy step)
+  # and a lag of one rollout on top of the top rung
+  settings: [onpolicy, onpolicy_bf16, upd2, upd4, upd8, upd8_lag1]
+  reference: {setting: onpolicy, method: pg_is}
 
 """
 
@@ -64,7 +67,15 @@ def render(tiny_text: str) -> str:
     after_profile = top("profile") + 1
     body = "".join(lines[after_profile:top("methods")])  # data_dir .. settings
     tail = "".join(lines[top("eval"):])  # eval, report
-    return HEADER + body + METHODS + tail
+    import yaml
+
+    grid = yaml.safe_load(METHODS)["grid"]
+    n_m, n_sc, n_se, n_st = (len(grid[k]) for k in ("methods", "scales", "seeds", "settings"))
+    ref = 1 if grid.get("reference") else 0
+    count = (f"{n_m} methods x {n_sc} scales x {n_se} seeds x {n_st - ref} settings"
+             + (f" + {n_sc} x {n_se} on-policy reference runs" if ref else "")
+             + f" = {n_m * n_sc * n_se * (n_st - ref) + ref * n_sc * n_se} runs")
+    return HEADER.format(count=count) + body + METHODS + tail
 
 
 def main() -> None:
