@@ -51,7 +51,7 @@ def fake_hub(monkeypatch):
 
 def test_lookup_order_has_no_folder_beside_the_checkout(tmp_path, monkeypatch):
     monkeypatch.delenv("CPPO_DATA_DIR", raising=False)
-    assert data_dir() is None and resolve_data_dir() is None  # even where ../shared/data exists
+    assert data_dir() is None and resolve_data_dir() is None  # even where a data folder sits beside the checkout
     assert data_dir({"data_dir": str(tmp_path)}) == tmp_path
     monkeypatch.setenv("CPPO_DATA_DIR", str(tmp_path / "env"))
     assert data_dir({"data_dir": str(tmp_path)}) == tmp_path / "env"  # the variable wins over the profile
