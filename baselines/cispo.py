@@ -7,7 +7,7 @@ every token keeps a REINFORCE-style gradient with a bounded weight:
     loss_t = −sg(clip(ρ_t, 1 − ε_low, 1 + ε_high)) Â_t log π_t
 
 ε_low is effectively unbounded in practice (`eps_low = None`: no lower clip); ε_high = 0.2 as in verl's
-example (TRL's variant caps the weight at an absolute 5, i.e. ε_high = 4). Following METHODS.md the
+example (TRL's variant caps the weight at an absolute 5, i.e. ε_high = 4). Following docs/methods.md §Notation the
 ratio is ρ = π/μ by default (anchor `rollout`); MiniMax's r = π/π_old is anchor `old`.
 `kept` = gradient weight > 0 (every response token); `masked_frac` counts the tokens whose weight was
 clipped.

@@ -7,7 +7,7 @@ anchor `old`):
     loss_t = −Â_t sg(min(ρ_t, C)) log π_t              (optional truncation cap C, "truncated IS")
 
 Reference: the off-policy policy-gradient estimator with per-token importance weights; truncation as in
-IMPALA/V-trace-style truncated importance sampling (Espeholt et al., 2018). METHODS.md, "PG-IS".
+IMPALA/V-trace-style truncated importance sampling (Espeholt et al., 2018). docs/methods.md §PG-IS.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rules": ("cppo.rules.cli", "list the registered trust-region rules and their parameters"),
     "verl-cmd": ("cppo.integrations.verl_backend", "print (or run) the verl command line of one run"),
     "prepare-data": ("cppo.integrations.prepare_data", "write a math training set as verl parquet"),
+    "data": ("cppo.data_cli", "download the benchmark data directory (CPPO_DATA_DIR) from the hub"),
 }
 
 

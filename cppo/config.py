@@ -1,6 +1,6 @@
 """Typed profile configs: load a profile YAML, apply overrides, resolve one run, validate early.
 
-A profile (``config/<name>.yaml``, INTERFACES.md §3) holds defaults (``rl``, ``sft``), named
+A profile (``config/<name>.yaml``, docs/contracts.md §Profiles) holds defaults (``rl``, ``sft``), named
 variants (``settings``), model shapes (``scales``) and methods (name -> rule + params). One run is
 (method, scale, seed, setting); :func:`resolve_run` turns the profile into the fully resolved
 :class:`RunConfig` that the trainer uses and writes next to its outputs.

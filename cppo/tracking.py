@@ -1,7 +1,7 @@
 """MLflow tracking for cppo-bench: one experiment per profile, parents per cell, children per seed.
 
 What: the only module that talks to MLflow. The trainer, `cppo eval` and `cppo report` go through
-it so that run layout, tags and metric names stay the same everywhere (ARCHITECTURE.md, Contract 2):
+it so that run layout, tags and metric names stay the same everywhere (docs/contracts.md §MLflow):
 
     experiment  <profile>                                   (e.g. "tiny")
     parent run  <setting>/<method>/<scale>                  tags: level=parent, profile, setting,

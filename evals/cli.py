@@ -3,8 +3,10 @@
 Defaults reproduce the paper's protocol: n = 16 samples per problem, temperature 0.7, top-p 0.95,
 the answer in the last ``\\boxed{}`` checked with math-verify, reported as avg@16 (also pass@k and
 maj@16). Values come from, in order: the command line, the profile's ``eval`` section
-(``--config``), these defaults. The chain settings (K, modulus, ood_K, n_test) and ``data_dir``
-come from the profile too.
+(``--config``), these defaults. The chain settings (K, modulus, ood_K, n_test) come from the
+profile too. Benchmark files are read from ``--data-dir``, else ``CPPO_DATA_DIR``, else the
+profile's ``data_dir``; a math benchmark with no file there is loaded from the hub, and when that
+is impossible the command stops with one line (exit 2) naming the file and the hub dataset.
 
 Output: ``--out FILE.json`` with ``benchmarks.<name>.metrics`` and a per-sample log (prompt,
 response, extracted answer, gold, correct) inside, or in ``--samples-log FILE.jsonl`` when given.
@@ -41,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, dest="batch_size", help="hf generation batch size (default 16)")
     p.add_argument("--device", help="hf device (default cuda if available, else cpu)")
     p.add_argument("--dtype", help="model dtype (default auto)")
-    p.add_argument("--data-dir", dest="data_dir", help="benchmark JSONL folder (default CPPO_DATA_DIR, profile data_dir, ../shared/data)")
+    p.add_argument("--data-dir", dest="data_dir", help="benchmark JSONL folder (default: CPPO_DATA_DIR, else the profile's data_dir, else the hub)")
     p.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
 
 
@@ -51,6 +53,13 @@ def _profile(path: Path | None) -> dict:
     from cppo.config import load_config
 
     return load_config(path).raw
+
+
+def _default_data_dir(raw: dict) -> str | None:
+    from cppo.data import data_dir
+
+    d = data_dir(raw)  # CPPO_DATA_DIR, else the profile's data_dir
+    return str(d) if d is not None else None
 
 
 def settings_from_args(args: argparse.Namespace, raw: dict):
@@ -75,7 +84,7 @@ def settings_from_args(args: argparse.Namespace, raw: dict):
         batch_size=int(pick("batch_size", 16)),
         device=pick("device"),
         dtype=pick("dtype", "auto"),
-        data_dir=args.data_dir or raw.get("data_dir"),
+        data_dir=args.data_dir or _default_data_dir(raw),
         chain=ChainSettings.from_config(raw),
         base_template=(raw.get("task") or {}).get("template") if (raw.get("task") or {}).get("name") == "math" else None,
     )
@@ -112,9 +121,14 @@ def main(args: argparse.Namespace) -> int:
         return 2
     backend = args.backend or (raw.get("eval") or {}).get("backend") or "hf"
 
+    from cppo.data import DataNotFound
     from evals.harness import run_eval
 
-    result = run_eval(args.model, names, settings, backend=backend)
+    try:
+        result = run_eval(args.model, names, settings, backend=backend)
+    except DataNotFound as e:  # no local file and no hub: a user's set-up, not a bug
+        print(f"cppo eval: {e}", file=sys.stderr)
+        return 2
     if args.mlflow_run_id:
         result["mlflow"] = {"run_id": args.mlflow_run_id, "step": args.step}
     try:

@@ -6,8 +6,10 @@ How one evaluation runs:
   2. Each task file is loaded and the run's settings are written into it: ``repeats`` = n samples,
      the ``take_first_k`` filter keeps all n, the metric names (``avg@n``, ``pass@k``, ``maj@n``),
      the sampling settings, and the data source: the local JSONL of the data directory when it
-     exists (``dataset_path: json`` + ``data_files``), else the Hugging Face id of the task file,
-     or the generated chain split (``custom_dataset``, with the profile's chain settings).
+     exists (``dataset_path: json`` + ``data_files``), else the rows of the benchmark's Hugging Face
+     dataset, loaded by ``evals.registry.hub_rows`` and handed over as ``custom_dataset`` (so a
+     missing dataset is one ``DataNotFound`` line, at once when offline), or the generated chain
+     split (``custom_dataset``, with the profile's chain settings).
   3. ``lm_eval.simple_evaluate`` generates n responses per problem with the chosen backend and calls
      ``process_results`` once per problem, which scores every response (``evals.scoring`` in
      worker processes with a hard time limit, or the chain task's reward) and returns per-problem
@@ -34,7 +36,9 @@ from evals.registry import (
     ChainSettings,
     ScoredSample,
     answer_key,
+    check_hub,
     get_benchmark,
+    hub_rows,
     load_docs,
     local_path,
     make_prompt,
@@ -71,7 +75,8 @@ class EvalSettings:
     dtype: str = "auto"
     """model dtype for hf/vllm (auto: the checkpoint's)"""
     data_dir: str | None = None
-    """data folder override (else CPPO_DATA_DIR / config data_dir / ../shared/data)"""
+    """data folder, already resolved by the caller (``cppo eval``: ``--data-dir``, else ``CPPO_DATA_DIR``,
+    else the profile's ``data_dir``); None: ``CPPO_DATA_DIR``, else the hub"""
     chain: ChainSettings = field(default_factory=ChainSettings)
     """chain split settings (from the profile's task section)"""
     base_template: str | None = None
@@ -126,6 +131,13 @@ def chain_dataset(benchmark: str, K: int = 24, modulus: int = 10, ood_K: int | N
     task = chain.task_for(bench.chain_split)
     for r in rows:
         r["K"], r["modulus"] = task.K, task.modulus
+    import datasets
+
+    return {"test": datasets.Dataset.from_list(rows)}
+
+
+def _rows_dataset(rows: list[dict], **_: Any) -> dict:
+    """lm-eval ``custom_dataset`` over rows already loaded (lm-eval passes the task metadata; ignored)."""
     import datasets
 
     return {"test": datasets.Dataset.from_list(rows)}
@@ -207,9 +219,14 @@ def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = N
                                                     base_template=settings.base_template)
             source = f"local:{path}"
         else:
+            # we load the hub rows ourselves (not lm-eval): a failure is then one DataNotFound line,
+            # immediately when offline, instead of a retry loop and a traceback from inside lm-eval
+            rows = hub_rows(bench.local_file or bench.name, bench.hub, settings.data_dir)
+            cfg["custom_dataset"] = functools.partial(_rows_dataset, rows)
+            cfg["test_split"] = "test"
             cfg["process_docs"] = functools.partial(process_docs, bench.name, template=template, tokenizer=tokenizer, source="hub",
                                                     base_template=settings.base_template)
-            source = f"hub:{bench.hub.path}" + (f"/{bench.hub.name}" if bench.hub.name else "") + f":{bench.hub.split}"
+            source = f"hub:{bench.hub.label}"
     cfg["metadata"] = metadata
     return cfg, source
 
@@ -241,6 +258,9 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
 
     settings = settings or EvalSettings()
     benches = parse_benchmarks(benchmarks)
+    for b in benches:  # a benchmark without data stops the run before any model is loaded
+        if b.kind == "math" and local_path(b, settings.data_dir) is None:
+            check_hub(b.local_file or b.name, b.hub, settings.data_dir)
     _quiet_lm_eval()
     import lm_eval
 

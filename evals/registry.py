@@ -3,9 +3,13 @@
 Every benchmark resolves to the same document shape, whatever its source:
 ``{"id", "problem", "answer", "solution", "benchmark"}`` (``solution`` may be empty).
 
-Sources (Contract 3 of ARCHITECTURE.md): a local ``<name>.jsonl`` (or the file named by
-``local_file``) in the data directory (``CPPO_DATA_DIR``, config ``data_dir``, ``../shared/data``)
-wins; when it is absent the benchmark's Hugging Face dataset is loaded and its columns mapped.
+Sources (``docs/contracts.md`` §Data): a local ``<name>.jsonl`` (or the file named by
+``local_file``) in the data directory (``CPPO_DATA_DIR``, else the profile's ``data_dir``) wins;
+when it is absent the benchmark's Hugging Face dataset is loaded and its columns mapped. When that
+fails too (offline, no network, unknown dataset) ``cppo.data.DataNotFound`` says so in one line;
+offline (``HF_HUB_OFFLINE=1``) it is raised before anything touches the network.
+``DATA_FILES`` names every file of the data directory with its hub source (the evaluation
+benchmarks plus the two training sets), which is what ``cppo data download`` writes.
 Synthetic chain splits are generated from ``cppo.tasks.chain.make_split`` (no file, no network),
 with the chain settings of the profile (K, modulus, ood_K, n_test).
 
@@ -16,7 +20,6 @@ benchmarks use ``ChainTask.reward`` (exactly K value characters ending on the ri
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +41,13 @@ class HubSource:
     fields: dict[str, str] = field(default_factory=dict)
     """our field -> hub column, for ``id``, ``problem``, ``answer``, ``solution``"""
     answer_fn: str | None = None
-    """post-processing of the hub answer: ``gsm8k`` (text after ####), ``first`` (list → first item)"""
+    """post-processing of the hub answer: ``gsm8k`` (text after ####), ``first`` (list → first item),
+    ``boxed`` (the last ``\\boxed{}`` of a worked solution; rows without one are dropped)"""
+
+    @property
+    def label(self) -> str:
+        """``path[/name]:split``, as the result JSON's ``source`` field and error messages write it."""
+        return self.path + (f"/{self.name}" if self.name else "") + f":{self.split}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +110,23 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+# Training sets: files of the data directory that no evaluation benchmark reads (the math task's
+# ``train_file``), with the hub source ``cppo data download`` takes them from.
+TRAIN_SETS: dict[str, HubSource] = {
+    "gsm8k_train": HubSource("openai/gsm8k", "train", name="main",
+                             fields={"problem": "question", "answer": "answer"}, answer_fn="gsm8k"),
+    "math_train": HubSource("DigitalLearningGmbH/MATH-lighteval", "train", name="default",
+                            fields={"problem": "problem", "answer": "solution", "solution": "solution"},
+                            answer_fn="boxed"),
+}
+
+# file stem in the data directory -> hub source: every file `cppo data download` can write
+DATA_FILES: dict[str, HubSource] = {
+    **{(b.local_file or b.name): b.hub for b in BENCHMARKS.values() if b.kind == "math" and b.hub},
+    **TRAIN_SETS,
+}
+
+
 def get_benchmark(name: str) -> Benchmark:
     """The registered benchmark ``name``; ValueError naming the valid ones otherwise."""
     if name not in BENCHMARKS:
@@ -157,14 +183,10 @@ class ChainSettings:
 
 # --------------------------------------------------------------------------- loading
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
-    """Explicit folder, else ``CPPO_DATA_DIR``, else ``<repo>/../shared/data`` when present, else None."""
-    if data_dir:
-        return Path(data_dir).expanduser()
-    env = os.environ.get("CPPO_DATA_DIR")
-    if env:
-        return Path(env).expanduser()
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return shared if shared.is_dir() else None
+    """An explicit folder (``--data-dir``, already resolved by the caller), else ``cppo.data.data_dir()``."""
+    from cppo.data import data_dir as default_data_dir
+
+    return Path(data_dir).expanduser() if data_dir else default_data_dir()
 
 
 def local_path(bench: Benchmark, data_dir: str | Path | None = None) -> Path | None:
@@ -190,27 +212,33 @@ def hub_answer(raw: Any, answer_fn: str | None) -> str:
     """A hub answer column → our plain answer string."""
     if answer_fn == "gsm8k":  # "...reasoning... #### 1,234"
         return str(raw).split("####")[-1].strip().replace(",", "")
+    if answer_fn == "boxed":  # a worked solution: its last \\boxed{...} ("" when there is none)
+        return (scoring.last_boxed(str(raw)) or "").strip()
     if answer_fn == "first":  # ["$\\frac{1}{2}$"]
         raw = raw[0] if isinstance(raw, list) and raw else raw
         return scoring._strip_math_delims(str(raw))
     return str(raw).strip()
 
 
-def normalize_doc(bench: Benchmark, row: dict, index: int, fields: dict[str, str] | None = None, answer_fn: str | None = None) -> dict:
-    """One source row → ``{id, problem, answer, solution, benchmark}``."""
+def map_row(name: str, row: dict, index: int, fields: dict[str, str] | None = None, answer_fn: str | None = None) -> dict:
+    """One source row → ``{id, problem, answer, solution}``; ``fields`` maps hub columns (None: our own shape)."""
     f = fields or {}
     problem = row.get(f.get("problem", "problem"))
     answer = row.get(f.get("answer", "answer"))
     if problem is None or answer is None:
-        raise ValueError(f"{bench.name}: row {index} lacks problem/answer (columns {sorted(row)})")
+        raise ValueError(f"{name}: row {index} lacks problem/answer (columns {sorted(row)})")
     rid = row.get(f.get("id", "id"))
     return {
-        "id": str(rid) if rid is not None else f"{bench.name}-{index}",
+        "id": str(rid) if rid is not None else f"{name}-{index}",
         "problem": str(problem),
         "answer": hub_answer(answer, answer_fn) if fields else str(answer),
         "solution": _as_text(row.get(f.get("solution", "solution"))),
-        "benchmark": bench.name,
     }
+
+
+def normalize_doc(bench: Benchmark, row: dict, index: int, fields: dict[str, str] | None = None, answer_fn: str | None = None) -> dict:
+    """One source row → ``{id, problem, answer, solution, benchmark}``."""
+    return {**map_row(bench.name, row, index, fields, answer_fn), "benchmark": bench.name}
 
 
 def load_docs(bench: Benchmark, data_dir: str | Path | None = None, limit: int | None = None,
@@ -219,7 +247,7 @@ def load_docs(bench: Benchmark, data_dir: str | Path | None = None, limit: int |
 
     Args:
         bench: the benchmark.
-        data_dir: data folder override (else CPPO_DATA_DIR / ../shared/data).
+        data_dir: data folder override (else ``CPPO_DATA_DIR``, see ``resolve_data_dir``).
         limit: keep the first ``limit`` problems (quick runs).
         chain: chain split settings (defaults when None).
     """
@@ -238,18 +266,69 @@ def load_docs(bench: Benchmark, data_dir: str | Path | None = None, limit: int |
 
         rows = read_jsonl(path, limit=limit)
         return [normalize_doc(bench, r, i) for i, r in enumerate(rows)]
-    if bench.hub is None:
-        raise ValueError(f"{bench.name}: no local file and no hub source")
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise FileNotFoundError(
-            f"{bench.name}: no local file ({bench.local_file or bench.name}.jsonl) in the data directory "
-            f"{resolve_data_dir(data_dir)} and the hub is offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE)"
-        )
+    rows = hub_rows(bench.local_file or bench.name, bench.hub, data_dir, limit)
+    return [normalize_doc(bench, r, i, bench.hub.fields, bench.hub.answer_fn) for i, r in enumerate(rows)]
+
+
+def _missing(stem: str, hub: HubSource | None, data_dir: str | Path | None, reason: str):
+    from cppo.data import DataNotFound, missing_message
+
+    return DataNotFound(missing_message(stem, resolve_data_dir(data_dir), hub.label if hub else None, reason))
+
+
+def check_hub(stem: str, hub: HubSource | None, data_dir: str | Path | None = None) -> None:
+    """Raise ``DataNotFound`` at once when the hub may not be used (offline, or no hub source).
+
+    Called before anything hands the hub dataset to lm-eval or ``datasets``, whose own failure is
+    a retry loop and a traceback.
+    """
+    from cppo.data import hub_offline
+
+    if hub is None:
+        raise _missing(stem, None, data_dir, "")
+    if hub_offline():
+        raise _missing(stem, hub, data_dir, "cannot be loaded offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set)")
+
+
+HUB_PROBE_TIMEOUT_S = 10.0
+"""time limit of the one metadata request that checks a hub dataset is reachable before downloading"""
+
+
+def probe_hub(hub: HubSource) -> None:
+    """One quick request for the dataset's metadata, without retries: raises when the hub is unreachable.
+
+    ``datasets.load_dataset`` retries an unreachable hub five times (about 30 s) before failing;
+    this probe fails in about a second, so a machine without a network gets its answer at once.
+    """
+    from huggingface_hub import HfApi
+
+    HfApi().dataset_info(hub.path, timeout=HUB_PROBE_TIMEOUT_S)
+
+
+def load_hub(hub: HubSource, limit: int | None = None) -> list[dict]:
+    """The raw rows (hub columns) of a hub dataset; whatever the probe or ``datasets`` raises propagates."""
     import datasets
 
-    ds = datasets.load_dataset(bench.hub.path, bench.hub.name, split=bench.hub.split)
-    rows = ds.select(range(min(limit, len(ds)))) if limit else ds
-    return [normalize_doc(bench, dict(r), i, bench.hub.fields, bench.hub.answer_fn) for i, r in enumerate(rows)]
+    probe_hub(hub)
+
+    ds = datasets.load_dataset(hub.path, hub.name, split=hub.split)
+    n = min(limit, len(ds)) if limit else len(ds)
+    return [dict(ds[i]) for i in range(n)]
+
+
+def hub_error(e: BaseException) -> str:
+    """The first line of a download failure, short enough for a one-line message."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def hub_rows(stem: str, hub: HubSource | None, data_dir: str | Path | None = None, limit: int | None = None) -> list[dict]:
+    """The raw rows of a benchmark's hub dataset; ``DataNotFound`` (one line) when they cannot be had."""
+    check_hub(stem, hub, data_dir)
+    try:
+        return load_hub(hub, limit)
+    except Exception as e:  # noqa: BLE001 - every download failure is the same fact for the user
+        raise _missing(stem, hub, data_dir, f"could not be loaded ({hub_error(e)})") from e
 
 
 # --------------------------------------------------------------------------- prompts and scoring

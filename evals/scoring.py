@@ -15,7 +15,7 @@ Design decisions:
     drops formatting (``\\approx``, ``,\\!`` thousands separators, ``^\\circ``, a trailing
     ``\\text{ unit}``, ``\\textbf{(073)}``, ``\\phantom``). math-verify's own unit stripping is
     off: it removes trailing one-letter "units", turning ``2c`` into ``2`` and ``b + c`` into ``b +``.
-    Every gold of ``../shared/data`` (17,867) parses to a sympy object this way.
+    Every gold of the benchmark data files (17,867) parses to a sympy object this way.
   * Plain numbers: math-verify compares floats after rounding to 6 decimals, so ``2.88e-19`` would
     equal ``1.3e-27``; when both sides are plain real numbers a match also needs a relative error
     <= 1e-3. Numeric tolerance is opt-in per benchmark (``rel_tol``): ``|pred - gold| <=

@@ -1,4 +1,10 @@
-"""Shared test set-up: offline, the shared benchmark data, a private MLflow store per test session."""
+"""Shared test set-up: offline, the benchmark data (from ``CPPO_DATA_DIR`` only), a private MLflow store per test.
+
+Tests that read the benchmark JSONL files take the ``data_dir`` fixture. It is the folder named by
+``CPPO_DATA_DIR`` (``cppo data download DIR`` writes one); when that variable is unset they skip
+with a one-line reason, unless ``CPPO_REQUIRE_DATA=1``, which turns the skip into a failure (CI sets
+both, so data tests cannot silently stop running). Nothing here looks beside the checkout.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_ENV = "CPPO_REQUIRE_DATA"
 
 # Tests never touch the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,15 +22,23 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
-if SHARED_DATA.is_dir():
-    os.environ.setdefault("CPPO_DATA_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"benchmark data not found at {SHARED_DATA} (shared/ must sit beside the repository)")
-    return SHARED_DATA
+    """The benchmark data folder (``CPPO_DATA_DIR``); skip (or fail with ``CPPO_REQUIRE_DATA=1``) without it."""
+    from cppo.data import DATA_ENV
+
+    env = os.environ.get(DATA_ENV)
+    if not env:
+        reason = f"needs the benchmark data: set {DATA_ENV} (e.g. after `cppo data download DIR`)"
+        if os.environ.get(REQUIRE_ENV, "") not in ("", "0"):
+            pytest.fail(f"{reason}; {REQUIRE_ENV} is set, so this is a failure", pytrace=False)
+        pytest.skip(reason)
+    d = Path(env).expanduser()
+    if not d.is_dir():
+        pytest.fail(f"{DATA_ENV}={env} is not a folder", pytrace=False)
+    return d
 
 
 @pytest.fixture

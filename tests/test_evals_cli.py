@@ -22,6 +22,7 @@ def _mlflow_run(uri: str) -> str:
     return c.create_run(exp).info.run_id
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_eval_writes_json_samples_log_and_mlflow(tmp_path, mlflow_uri):
     run_id = _mlflow_run(mlflow_uri)
     out, log = tmp_path / "eval" / "res.json", tmp_path / "samples.jsonl"
@@ -56,6 +57,7 @@ def test_eval_writes_json_samples_log_and_mlflow(tmp_path, mlflow_uri):
             assert [(m.step, m.value) for m in hist] == [(7, 1.0)], (name, metric)
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_eval_embeds_samples_without_samples_log_and_uses_paper_defaults(tmp_path):
     out = tmp_path / "r.json"
     assert cppo_main(["eval", "x", "--backend", "oracle", "--benchmarks", "amc23", "--limit", "2",

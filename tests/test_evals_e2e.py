@@ -15,6 +15,7 @@ from evals.registry import BENCHMARKS, ChainSettings, get_benchmark
 ALL = list(BENCHMARKS)
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_oracle_scores_100_percent_on_every_benchmark():
     """Worked solutions (or the gold in a box) from the data, through prompting, lm-eval's repeats and
     filters, extraction and math-verify: every benchmark must come out at 100%."""
@@ -30,6 +31,7 @@ def test_oracle_scores_100_percent_on_every_benchmark():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("data_dir")
 def test_oracle_scores_100_percent_on_all_problems():
     res = run_eval("oracle", [b for b in ALL if BENCHMARKS[b].kind == "math"], EvalSettings(n=1), backend="oracle")
     for name, r in res["benchmarks"].items():
@@ -139,6 +141,7 @@ def test_hf_backend_greedy_matches_transformers_generate(tiny_checkpoint):
     assert r["samples"][0]["response"] == r["samples"][1]["response"]
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_hf_backend_sampling_on_math_and_chain(tiny_checkpoint):
     settings = EvalSettings(n=3, temperature=1.0, top_p=1.0, max_tokens=16, limit=2, seed=3, device="cpu",
                             chain=ChainSettings(K=6, n_test=2))
@@ -168,11 +171,13 @@ def test_hf_backend_sampling_on_math_and_chain(tiny_checkpoint):
     assert all(len(d["solution"]) == 14 for d in ood)  # ood_K = K + 8
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_hf_backend_refuses_a_budget_beyond_the_context(tiny_checkpoint):
     with pytest.raises(ValueError, match="does not fit the model's context"):
         run_eval(str(tiny_checkpoint), ["math500"], EvalSettings(n=1, limit=1, device="cpu"), backend="hf")  # 4096 > 512
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_chat_template_of_a_checkpoint_is_used_by_default(tmp_path):
     from cppo.models import build_model, build_tokenizer, save_checkpoint
 

@@ -1,6 +1,6 @@
 """Contract suite run over every registered rule (and the non-default options of each).
 
-Properties (Contract 1): padding does not change results; tokens not kept and padding get exactly zero
+Properties (docs/contracts.md §Rules): padding does not change results; tokens not kept and padding get exactly zero
 gradient; permuting the batch permutes the output; float32 agrees with float64; with π = μ = π_old every
 rule gives the plain policy gradient −Â ∇log π.
 """

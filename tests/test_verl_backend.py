@@ -1,6 +1,6 @@
 """Golden tests of `cppo verl-cmd`: the verl command line of every method × model of the paper protocol.
 
-The fixture profile tests/verl_parity/paper_fixture.yaml writes METHODS.md's Table 3 in the keys the
+The fixture profile tests/verl_parity/paper_fixture.yaml writes the paper's Table 3 (docs/methods.md §Protocol) in the keys the
 generator reads. The expectations below are typed in by hand from that table (not computed by the code
 under test); the full command lines are also pinned in tests/verl_parity/golden_commands.json
 (regenerate after an intended change with CPPO_UPDATE_GOLDEN=1 and review the diff).
@@ -26,7 +26,7 @@ VERL_PY = REPO / ".venv-verl" / "bin" / "python"
 FIXED = ["verl.data_dir=/data/cppo", "results_dir=/runs"]  # absolute, machine-independent paths
 URI = "sqlite:////mlflow/mlflow.db"
 
-# METHODS.md Table 3: prompts/rollout, n, mini-batch (prompts), updates/rollout, max response, δ, δ_b, steps
+# the paper's Table 3 (docs/methods.md §Protocol): prompts/rollout, n, mini-batch (prompts), updates/rollout, max response, δ, δ_b, steps
 TABLE3 = {
     "qwen3_1p7b": dict(hub="Qwen/Qwen3-1.7B", prompts=64, n=8, mini=32, updates=2, resp=8192, delta=0.15,
                        delta_b=0.015, delta_b_mode="fixed", steps=1120),
@@ -186,7 +186,7 @@ def test_cli_script_and_json(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
     import yaml
 
-    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the resolved run, as Contract 2 asks
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())  # the resolved run, as docs/contracts.md §Runs asks
     assert saved["method"]["rule"] == "cppo" and saved["method"]["params"]["delta_b"] == 0.015
     assert saved["rl"]["prompts_per_rollout"] == 64 and saved["seed"] == 2
     assert saved["verl"]["version"] == "0.9.1" and saved["verl"]["argv"][1:3] == ["-m", "verl.trainer.main_ppo"]

@@ -56,6 +56,7 @@ def test_dapo_problem_extraction():
     assert dapo_problem("  just a problem ") == "just a problem"  # no wrapper: unchanged (stripped)
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_limit_template_and_errors(tmp_path):
     df = pd.read_parquet(prepare("aime25", tmp_path, limit=4, template="Q: {problem}\nA:"))
     assert len(df) == 4 and df["prompt"][0][0]["content"].startswith("Q: ")
@@ -65,6 +66,7 @@ def test_limit_template_and_errors(tmp_path):
         prepare("aime25", tmp_path, template="no field")
 
 
+@pytest.mark.usefixtures("data_dir")
 def test_cli(tmp_path, capsys):
     from cppo.cli import main
 

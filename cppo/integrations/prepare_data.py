@@ -13,7 +13,7 @@ Sources:
   from the Hugging Face hub (`data/dapo-math-17k.parquet`; needs the network). The hub file repeats each
   problem many times; rows are de-duplicated by problem text. Its prompts carry DAPO's own
   "Answer: $Answer" instruction; the bare problem is cut out of it and re-templated.
-- any other name: `<data_dir>/<name>.jsonl` with `id`, `problem`, `answer` (Contract 3), e.g. `aime24`,
+- any other name: `<data_dir>/<name>.jsonl` with `id`, `problem`, `answer` (docs/contracts.md §Data), e.g. `aime24`,
   `math_train`; no network.
 
 Every prompt uses the math task's template (`cppo.tasks.math.DEFAULT_TEMPLATE`, answer in \\boxed{}),
@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         f"{DAPO_NAME} and *_train sources, test otherwise)")
     parser.add_argument("--input", default=None, help="read this .parquet/.jsonl instead of the data dir / hub")
     parser.add_argument("--data-dir", default=None,
-                        help="benchmark data folder (default: CPPO_DATA_DIR, else ../shared/data)")
+                        help="benchmark data folder (default: CPPO_DATA_DIR)")
     parser.add_argument("--limit", type=int, default=None, help="keep the first N rows (after de-duplication)")
     parser.add_argument("--template", default=None, help="prompt template with {problem} (default: the math task's)")
 

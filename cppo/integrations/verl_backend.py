@@ -224,7 +224,7 @@ def resolve(cfg, method: str, scale: str, seed: int, setting: Optional[str] = No
 
 
 def default_run_dir(cfg, run) -> Path:
-    """`<results_dir>/<profile>/runs/setting~<x>/method~<m>/scale~<s>/seed~<k>` (Contract 2)."""
+    """`<results_dir>/<profile>/runs/setting~<x>/method~<m>/scale~<s>/seed~<k>` (docs/contracts.md §Runs)."""
     return (Path(cfg.results_dir) / cfg.profile / "runs" / f"setting~{run.setting}" / f"method~{run.method.name}"
             / f"scale~{run.scale}" / f"seed~{run.seed}")
 
@@ -237,7 +237,7 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
     Args:
         cfg: a loaded profile (`cppo.config.load_config`).
         method, scale, seed, setting: the run.
-        run_dir: the run folder (default: Contract 2's path under the profile's results).
+        run_dir: the run folder (default: the docs/contracts.md §Runs path under the profile's results).
         mlflow_run_id: attach verl's MLflow logger to this existing run (MLFLOW_RUN_ID).
         tracking_uri: MLflow store (default `cppo.tracking.tracking_uri()`).
     """
@@ -421,7 +421,7 @@ def main(args: argparse.Namespace) -> int:
                                           run.method.rule, run.to_dict(), run_dir)
         cmd = verl_command(cfg, args.method, args.scale, args.seed, args.setting, run_dir=args.run_dir,
                            mlflow_run_id=run_id)
-        if args.format == "script":  # the run is being set up: record its resolved config (Contract 2)
+        if args.format == "script":  # the run is being set up: record its resolved config (docs/contracts.md §Runs)
             write_run_config(cfg, args.method, args.scale, args.seed, args.setting, cmd)
     except (ConfigError, ValueError) as e:
         print(f"cppo verl-cmd: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Gather what the report needs for every run of a grid: metric histories, evaluations, profiles.
 
-Sources, in order: the MLflow child run of the cell (found by its tags, Contract 2), then the run
+Sources, in order: the MLflow child run of the cell (found by its tags, docs/contracts.md §MLflow), then the run
 folder (`metrics.jsonl`, `eval/<benchmark>.json`, `position_profile.json`) for whatever MLflow
 lacks, e.g. runs trained with `--no-mlflow` or a deleted store. A cell with neither is reported
 as missing rather than silently dropped.

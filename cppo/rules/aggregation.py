@@ -1,6 +1,6 @@
 """Loss aggregation: from per-token losses (B, T) to the scalar the optimiser minimises.
 
-Kept apart from the rules on purpose (METHODS.md, "Loss aggregation"): the same aggregation must be
+Kept apart from the rules on purpose (docs/methods.md §Aggregation): the same aggregation must be
 used for every rule in a comparison, and it is always recorded in the run's parameters.
 
 - `token-mean`:              Σ_{b,t} ℓ·m / Σ_{b,t} m                      (DAPO)

@@ -15,7 +15,7 @@ Combined (Algorithm 1 of the paper):
     M_t = gate_t ∨ I_t,   gate_t = [Â_t (ρ_t − 1) ≤ 0]
     loss_t = −M_t Â_t sg(min(ρ_t, C)) log π_t      (C = 20; C = None gives −M_t Â_t ρ_t)
 
-Design decisions (each a parameter; METHODS.md marks the paper's ambiguities as choices):
+Design decisions (each a parameter; docs/methods.md §CPPO states them):
 - Vectorised: S_{t−1}, W_{t−1} are a cumsum shifted right by one step; no Python loop over positions.
   t counts response tokens only, so left- and right-padded batches give the same result.
 - `horizon`: T is the response's own length (`response`, default) or a fixed maximum length (`max`:

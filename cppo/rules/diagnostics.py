@@ -1,4 +1,4 @@
-"""Diagnostics every rule reports, computed the same way for all rules (METHODS.md, "Diagnostics").
+"""Diagnostics every rule reports, computed the same way for all rules (docs/methods.md §Diagnostics).
 
 Metric names are fixed and prefix-free (the trainer logs them under `rule/`), so curves of different
 rules can be overlaid. Definitions (all without gradient):

@@ -1,4 +1,4 @@
-"""Shared per-token divergence estimates D_t between an anchor policy and π (METHODS.md, "Divergence estimates").
+"""Shared per-token divergence estimates D_t between an anchor policy and π (docs/methods.md §Divergences).
 
 Why here and not inside each rule: CPPO, DPPO and TRM compare the same quantities, and their
 diagnostics (`div_mean`, `k3_pi_mu`, ...) must mean the same thing across rules.

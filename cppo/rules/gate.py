@@ -1,6 +1,6 @@
 """The advantage-sign gate and the importance-weighted policy-gradient surrogate, shared by the rules.
 
-Gate (METHODS.md): a token whose update moves the ratio back toward 1 is never blocked,
+Gate (docs/methods.md §Gate): a token whose update moves the ratio back toward 1 is never blocked,
     gate_t = [ Â_t (ρ_t − 1) ≤ 0 ],
 so only tokens that push π further from the anchor in the direction the advantage asks for have to
 pass a trust-region test (PPO's clip, DPPO's and CPPO's divergence masks).

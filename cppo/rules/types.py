@@ -2,7 +2,7 @@
 
 A trust-region rule is a pure function of per-token log-probabilities and advantages. Every rule in
 the suite (CPPO and the baselines) takes the same `PolicyBatch` and returns the same `RuleOutput`, so
-the trainer, the verl integration and the tests can treat them alike (Contract 1 of ARCHITECTURE.md).
+the trainer, the verl integration and the tests can treat them alike (docs/contracts.md §Rules).
 
 Conventions
 - Shapes: B sequences, T padded response positions, K top-K entries of the rollout policy μ.

@@ -40,7 +40,7 @@ class MathTask:
         template: prompt template with a ``{problem}`` field.
         timeout_s: time limit of one answer check.
         workers: reward worker processes.
-        data_dir: optional data folder (else ``CPPO_DATA_DIR`` / ``../shared/data``).
+        data_dir: optional data folder (``CPPO_DATA_DIR`` wins over it; docs/contracts.md §Data).
     """
 
     train_file: str = "math_train"

@@ -390,7 +390,7 @@ class FastDecoder:
 
 
 # ----------------------------------------------------------------------------------------------
-# the rollout engine (INTERFACES.md section 6)
+# the rollout engine (the interface of cppo/train/rollout.py)
 # ----------------------------------------------------------------------------------------------
 
 

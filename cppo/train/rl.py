@@ -22,7 +22,7 @@ Everything trainer-side (model, optimizer state, rollout tensors, advantages, Po
 No KL-to-reference term and no entropy bonus (as in the paper's protocol). π's log-probs use the
 rollout temperature, so that with fresh weights π_old = μ up to numerics.
 
-Files (run folder, Contract 2): ``config.yaml``, ``metrics.jsonl`` (one JSON object per rollout
+Files (run folder, docs/contracts.md §Runs): ``config.yaml``, ``metrics.jsonl`` (one JSON object per rollout
 step, deterministic values only), ``perf.jsonl`` (timings), ``checkpoints/step_<n>/``, ``final/``,
 ``position_profile.json``, ``done`` (written last). MLflow gets the same metrics, flushed at
 checkpoint boundaries only, so a resumed run never logs a step twice.

@@ -2,7 +2,7 @@
 
 The trainer never trusts its own recomputation for μ: the engine that samples a token records
 log μ(y_t) at that moment (and, when a rule needs it, μ's top-K ids and log-probs), because that
-is the distribution the trust region is measured against (METHODS.md, "Notation").
+is the distribution the trust region is measured against (docs/methods.md §Notation).
 
 **Which distribution is μ** (choice): log μ = log_softmax(logits / temperature), i.e. after the
 temperature and *before* top-p truncation. The trainer computes log π with the same temperature,

@@ -33,7 +33,7 @@ methods:                     # Table 1 methods with the papers' defaults (as in 
   trm_avg: {rule: trm_avg, delta: 0.002}
   minpro:  {rule: minpro, eps_low: 0.2, eps_high: 0.28, clip: soft}
   cppo:    {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20}
-  # CPPO ablations (METHODS.md, "Ablations"): each changes one thing of `cppo` above
+  # CPPO ablations (docs/methods.md §CPPO, "Ablations"): each changes one thing of `cppo` above
   cppo_no_posw:    {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: no_position_weight}
   cppo_no_prefix:  {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: no_prefix_budget}
   cppo_shuffled_w: {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, ablation: shuffled_weights}

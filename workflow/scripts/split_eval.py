@@ -1,7 +1,7 @@
 """Split one `cppo eval` result over several benchmarks into `<dir>/<benchmark>.json` files.
 
 Why: one evaluation process per run (model loaded once, one interpreter start) is much cheaper
-than one per benchmark, while the run folder layout keeps one file per benchmark (Contract 2).
+than one per benchmark, while the run folder layout keeps one file per benchmark (docs/contracts.md §Runs).
 Each file holds the shared top-level fields (model, backend, settings, provenance, mlflow) and
 only its own benchmark under `benchmarks`.
 
