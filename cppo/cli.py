@@ -2,7 +2,9 @@
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and ``main(args) -> int``.
 Modules are imported only when their subcommand (or ``--help`` of it) is asked for, so that
-``cppo --help`` does not pay for torch, transformers or MLflow.
+``cppo --help`` does not pay for torch, transformers or MLflow. A :class:`cppo.config.ConfigError`
+that a subcommand does not handle itself (e.g. a profile failing the schema check) ends the command
+with exit status 2 and its message, never a traceback.
 """
 
 from __future__ import annotations
@@ -45,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _build_parser(None).print_help()
         return 0
-    return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    from cppo.config import ConfigError
+
+    try:
+        return int(importlib.import_module(COMMANDS[args.command][0]).main(args) or 0)
+    except ConfigError as err:  # a bad profile or option is the user's to fix: one line each, no traceback
+        for line in str(err).splitlines():
+            print(f"cppo {args.command}: error: {line}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -302,7 +302,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
 
 
 def read_profile(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A profile YAML as a plain dict, with ``--set`` overrides applied (no structural checks)."""
+    """A profile YAML as a plain dict, with ``--set`` overrides applied and checked against the
+    pipeline's JSON schema (:func:`cppo.schema.check_config`, the check Snakemake runs)."""
+    from cppo.schema import check_config
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -310,7 +313,9 @@ def read_profile(path: str | Path, overrides: list[str] | None = None) -> dict[s
         raw = yaml.safe_load(f) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    return apply_overrides(raw, overrides)
+    raw = apply_overrides(raw, overrides)
+    check_config(raw)
+    return raw
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:

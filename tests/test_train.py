@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from cppo.config import ConfigError, config_from_dict, load_config, resolve_run, resolve_sft
+from cppo.rules.registry import builtin_rules
 from cppo.train.advantages import group_advantages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ CFG = {
     "settings": {"fresh": {"grad_clip": None, "staleness": 0}, "stale": {"grad_clip": 1.0, "staleness": 2}},
     "methods": {"grpo": {"rule": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28},
                 "cppo": {"rule": "cppo", "delta": 0.15, "delta_b": 0.02, "w_min": 0.8, "divergence": "binary_tv"}},
+    "grid": {"methods": ["grpo", "cppo"], "scales": ["xs"], "seeds": [1], "settings": ["fresh", "stale"]},
 }
 
 
@@ -94,14 +96,15 @@ def test_resolve_settings_per_scale_and_overrides(tmp_path):
     assert d["rl"]["staleness"] == 3 and d["method"]["name"] == "grpo"
 
 
-@pytest.mark.parametrize("changes,overrides,match", [
-    ({}, ["rl.steps=-1"], "rl.steps must be >= 0"),
-    ({}, ["rl.lr=0"], "rl.lr must be > 0"),
-    ({}, ["rl.loss_agg=mean"], "rl.loss_agg must be one of"),
-    ({}, ["rl.bogus=1"], "unknown key"),
+@pytest.mark.parametrize("changes,overrides,match", [  # the profile schema (cppo.schema) speaks first
+    ({}, ["rl.steps=-1"], "config key rl.steps: -1 is less than the minimum of 0"),
+    ({}, ["rl.lr=0"], "config key rl.lr: 0 is less than or equal to the minimum of 0"),
+    ({}, ["rl.loss_agg=mean"], "config key rl.loss_agg: 'mean' is not one of"),
+    ({}, ["rl.bogus=1"], "unknown config key rl.bogus"),
     ({}, ["methods.grpo.eps_hgih=0.3"], "method 'grpo'"),
     ({}, ["rl.samples_per_prompt=1"], "group"),
-    ({}, ["rl.lr=fast"], "expected a number"),
+    ({}, ["rl.lr=fast"], "config key rl.lr: 'fast' is not of type 'number'"),
+    ({"grid": {**CFG["grid"], "seeds": [1, "two", 3]}}, [], r"config key grid.seeds.1: 'two' is not of type 'integer'"),
 ])
 def test_bad_values_raise_clear_errors(tmp_path, changes, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -208,7 +211,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflo
     assert [s for s, _ in tracking.metric_history(run_id, "eval/chain_id/greedy_acc")] == [0, 4, 8, 12]
 
 
-@pytest.mark.parametrize("rule", ["pg_is", "ppo_clip", "dppo", "trm_max", "trm_avg", "cispo", "gspo", "minpro", "cppo"])
+@pytest.mark.parametrize("rule", builtin_rules())
 def test_first_update_equals_plain_policy_gradient(tmp_path, base_ckpt, rule):
     """One update per rollout, no staleness: μ = π_old = π, so every rule's gradient is −Â ∇log π."""
     from cppo.rules import aggregate_loss

@@ -19,6 +19,7 @@ CFG = {
     "rl": {"prompts_per_rollout": 4, "samples_per_prompt": 4, "updates_per_rollout": 2, "steps": 2,
            "max_new_tokens": 6, "eval_every": 0, "save_every": 0, "lr": 1.0e-2},
     "methods": {"grpo": {"rule": "ppo_clip", "eps_low": 0.2, "eps_high": 0.28}},
+    "grid": {"methods": ["grpo"], "scales": ["xs"], "seeds": [1]},
 }
 
 

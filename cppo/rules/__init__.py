@@ -8,11 +8,29 @@
 See the README's "Rules" section for the list of rules and how to add one.
 """
 
-from cppo.rules.aggregation import AGG_MODES, aggregate_loss
-from cppo.rules.registry import Rule, RuleSpec, get_rule, list_rules, register_rule, rule_param_defaults
-from cppo.rules.types import PolicyBatch, RuleOutput
+from __future__ import annotations
 
-__all__ = [
-    "AGG_MODES", "PolicyBatch", "Rule", "RuleOutput", "RuleSpec", "aggregate_loss", "get_rule", "list_rules",
-    "register_rule", "rule_param_defaults",
-]
+import importlib
+
+# exported name -> submodule; imported on first access (PEP 562) so that `list_rules()` (the schema
+# check of the pipeline and the CLI) does not pay for importing torch
+_EXPORTS = {
+    "AGG_MODES": "aggregation", "aggregate_loss": "aggregation",
+    "Rule": "registry", "RuleSpec": "registry", "get_rule": "registry", "list_rules": "registry",
+    "register_rule": "registry", "rule_param_defaults": "registry",
+    "PolicyBatch": "types", "RuleOutput": "types",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

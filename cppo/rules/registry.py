@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from cppo.rules.types import PolicyBatch, RuleOutput
+if TYPE_CHECKING:  # annotations only: listing rule names must not import torch
+    from cppo.rules.types import PolicyBatch, RuleOutput
 
 ENTRY_POINT_GROUP = "cppo.rules"
 
@@ -97,6 +98,11 @@ def _load(name: str) -> Optional[RuleSpec]:
             raise ValueError(f"entry point {ep.value!r} (group {ENTRY_POINT_GROUP}) did not register rule {name!r}")
         _REGISTRY[name] = dataclasses.replace(spec, name=name)
     return _REGISTRY[name]
+
+
+def builtin_rules() -> list[str]:
+    """Names of the rules shipped in this repository (`_BUILTIN`), in their listing order."""
+    return list(_BUILTIN)
 
 
 def list_rules() -> list[str]:

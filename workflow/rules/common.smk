@@ -10,10 +10,8 @@ import time
 import yaml
 from snakemake.exceptions import WorkflowError
 
-sys.path.insert(0, os.path.join(workflow.basedir, "workflow", "scripts"))
-from config_check import ConfigError, check_config  # noqa: E402
-
 from cppo.report.grid import cells as _grid_cells  # noqa: E402
+from cppo.schema import ConfigError, check_config  # noqa: E402  (the check every `cppo` command runs too)
 
 
 # --- the effective config ------------------------------------------------------------------------
@@ -26,6 +24,8 @@ if _cli_files:
 
 try:
     check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    if config.get("results_dir", "results") != "results":  # the rules' paths are results/<profile>/...
+        raise ConfigError(f"config key results_dir: the pipeline writes under results/, got {config['results_dir']!r}")
     CELLS = _grid_cells(config)
 except (ConfigError, ValueError) as err:
     raise WorkflowError(f"invalid config: {err}")
