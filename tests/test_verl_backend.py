@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -338,6 +339,52 @@ def test_script_does_not_rerun_a_finished_run(tmp_path):
     log, calls = _run_script(tmp_path, run_dir, steps=40)
     assert calls == [] and "final step 40: not starting verl" in log
     assert (run_dir / "done").exists() and (run_dir / "final").resolve() == (ckpt / "global_step_40" / "actor" / "huggingface")
+
+
+def test_multi_node_script_under_snakemakes_slurm_job_step(tmp_path):
+    """The 30B-A3B script in the environment snakemake's SLURM job step leaves (SLURM_JOB_ID, no node
+    list, no CPUs per task), with fake squeue / scontrol / srun / sleep / python3 on PATH: Ray starts
+    on both nodes with the job's CPUs per task, then verl runs with RAY_ADDRESS."""
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    calls.mkdir()
+    fakes = {
+        "squeue": 'echo "gpu[01-02]"',
+        "scontrol": 'if [ "$1 $2" = "show hostnames" ]; then printf "gpu01\\ngpu02\\n"; '
+                    'else echo "JobId=7 NumNodes=2 CPUs/Task=64 TRES=cpu=128,gres/gpu=16"; fi',
+        "srun": 'echo "$*" >> "$CALLS/srun"; case "$*" in *hostname*) echo 10.0.0.1;; esac',
+        "sleep": "true",
+        "python3": 'echo "RAY_ADDRESS=$RAY_ADDRESS" > "$CALLS/verl"',
+    }
+    for name, body in fakes.items():
+        (bindir / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+        (bindir / name).chmod(0o755)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "global_step_560" / "actor" / "huggingface").mkdir(parents=True)
+    paper = load_config(REPO / "config" / "paper.yaml", FIXED)
+    script = tmp_path / "run.sh"
+    script.write_text(_cmd(paper, "cppo", "30b-a3b-base", run_dir=run_dir).script())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bindir}{os.pathsep}{env['PATH']}", CALLS=str(calls), SLURM_JOB_ID="7")
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert (calls / "verl").read_text().strip() == "RAY_ADDRESS=10.0.0.1:6379"
+    for _ in range(50):  # the `ray start` steps run in the background
+        steps = (calls / "srun").read_text().splitlines()
+        if len(steps) >= 3:
+            break
+        time.sleep(0.1)
+    assert len(steps) == 3 and all("--cpus-per-task=64" in s for s in steps)
+    assert "-w gpu01 hostname" in steps[0]
+    assert sum("-w gpu01 ray start --head" in s for s in steps) == 1
+    assert sum("-w gpu02 ray start --address=10.0.0.1:6379" in s for s in steps) == 1
+    assert proc.returncode != 0 and "latest_checkpointed_iteration.txt" in proc.stderr  # no tracker: no `done`
+    assert not (run_dir / "done").exists()
+    # fewer nodes than verl.nnodes: one clear error before anything starts
+    (bindir / "scontrol").write_text('#!/usr/bin/env bash\necho gpu01\n')
+    (calls / "srun").unlink()
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "this run needs 2 nodes, the allocation has 1" in proc.stderr
+    assert not (calls / "srun").exists()
 
 
 def test_retries_and_nodes_come_from_the_profile():

@@ -189,16 +189,19 @@ def _ray_cluster_lines(s: VerlSettings) -> list[str]:
     n, g, port = s.nnodes, s.n_gpus_per_node, s.ray_port
     return [
         f"# multi-node: {n} nodes x {g} GPUs in one SLURM allocation; Ray head on the first node",
-        # snakemake's SLURM job step drops SLURM_JOB_NODELIST from the job's environment but keeps SLURM_JOB_ID
+        # snakemake's SLURM job step drops SLURM_* (node list, CPUs per task) from the job's environment but
+        # keeps SLURM_JOB_ID: read them from the job; a step without -c would give Ray one CPU per node
         'nodelist=${SLURM_JOB_NODELIST:-$(squeue -h -j "${SLURM_JOB_ID:?not inside a SLURM job}" -o %N)}',
         'nodes=($(scontrol show hostnames "$nodelist"))',
         f'if [ "${{#nodes[@]}}" -lt {n} ]; then echo "this run needs {n} nodes, the allocation has ${{#nodes[@]}}" >&2; '
         'exit 1; fi',
-        'head_ip=$(srun --nodes=1 --ntasks=1 -w "${nodes[0]}" hostname --ip-address | awk \'{print $1}\')',
-        f'srun --nodes=1 --ntasks=1 -w "${{nodes[0]}}" ray start --head --node-ip-address="$head_ip" '
+        'cpus=$(scontrol show job "$SLURM_JOB_ID" | grep -o "CPUs/Task=[0-9]*" | cut -d= -f2 || true)',
+        'onenode="srun --nodes=1 --ntasks=1 --cpus-per-task=${cpus:-1}"',
+        'head_ip=$($onenode -w "${nodes[0]}" hostname --ip-address | awk \'{print $1}\')',
+        f'$onenode -w "${{nodes[0]}}" ray start --head --node-ip-address="$head_ip" '
         f'--port={port} --num-gpus={g} --block &',
         "sleep 15",
-        f'for node in "${{nodes[@]:1:{n - 1}}}"; do srun --nodes=1 --ntasks=1 -w "$node" ray start '
+        f'for node in "${{nodes[@]:1:{n - 1}}}"; do $onenode -w "$node" ray start '
         f'--address="$head_ip:{port}" --num-gpus={g} --block & done',
         "sleep 15",
         f'export RAY_ADDRESS="$head_ip:{port}"',
