@@ -266,14 +266,44 @@ class RunConfig:
 
 # --------------------------------------------------------------------------- loading
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value; numeric strings like 3e-4 become floats)."""
-    if "=" not in item:
-        raise ConfigError(f"--set expects key=value, got {item!r}")
-    key, value = item.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError(f"--set: bad key {key!r}")
+    """``a.b.c=value`` -> (["a", "b", "c"], YAML-parsed value; numeric strings like 3e-4 become floats).
+
+    A key part that contains a dot (or ``=``) is quoted with ``"`` or ``'``:
+    ``scales."1.7b".rl.steps=5`` -> (["scales", "1.7b", "rl", "steps"], 5). In a shell, quote the whole
+    argument so the quotes reach us: ``--set 'scales."1.7b".rl.steps=5'``.
+    """
+    parts, value = _split_override(item)
     return parts, _coerce_number(yaml.safe_load(value) if value.strip() else None)
+
+
+def _split_override(item: str) -> tuple[list[str], str]:
+    """Split ``--set`` text into its key parts (dots outside quotes separate them) and the raw value
+    (everything after the first ``=`` outside quotes). A quote must enclose a whole key part."""
+    parts: list[str] = []
+    cur, quoted, i, n = "", False, 0, len(item)
+    while i < n:
+        c = item[i]
+        if c in "\"'" and cur == "" and not quoted:
+            end = item.find(c, i + 1)
+            if end < 0:
+                raise ConfigError(f"--set {item!r}: unterminated quote {c} in the key")
+            cur, quoted, i = item[i + 1:end], True, end + 1
+            if i < n and item[i] not in ".=":
+                raise ConfigError(f"--set {item!r}: a quoted key part must be followed by '.' or '='")
+            continue
+        if c in "\"'":
+            raise ConfigError(f"--set {item!r}: a quote may only enclose a whole key part, e.g. scales.\"1.7b\".rl")
+        if c in ".=":
+            if not (cur if quoted else cur.strip()):
+                raise ConfigError(f"--set: bad key {item.split('=', 1)[0]!r} (empty part)")
+            parts.append(cur if quoted else cur.strip())
+            cur, quoted = "", False
+            if c == "=":
+                return parts, item[i + 1:]
+        else:
+            cur += c
+        i += 1
+    raise ConfigError(f"--set expects key=value, got {item!r}")
 
 
 def _coerce_number(v: Any) -> Any:

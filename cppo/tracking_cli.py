@@ -13,7 +13,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="profile YAML (e.g. config/tiny.yaml)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key (dotted, value parsed as YAML); repeatable")
+                        help="override a config key (dotted, value parsed as YAML; quote a part that contains a dot: "
+                        "'scales.\"1.7b\".rl.steps=5'); repeatable")
     parser.add_argument("--out", default=None,
                         help="write the parent run ids as JSON here (the pipeline's marker file)")
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from evals import metrics as M
+from evals import scoring
 from evals.registry import (
     Benchmark,
     ChainSettings,
@@ -163,7 +164,25 @@ def process_results(doc: dict, results: list) -> dict[str, float]:
     scored = score_doc(doc, [str(r) for r in responses])
     _DETAILS[(doc["benchmark"], str(doc["id"]))] = scored
     bench = get_benchmark(doc["benchmark"])
-    return M.per_problem([answer_key(bench, s.extracted) for s in scored], [s.correct for s in scored])
+    keys = [answer_key(bench, s.extracted) for s in scored]
+    return M.per_problem(keys, [s.correct for s in scored], vote_classes(bench, keys, scored))
+
+
+def vote_classes(bench: Benchmark, keys: list[str | None], scored: list[ScoredSample]) -> M.Classes | None:
+    """maj@k's answer equivalence for one problem: math benchmarks merge keys whose answers math-verify
+    finds equal (``evals.scoring.answer_classes``, on the first extracted text of each key); the chain
+    task's answers are single characters, so their text is the answer."""
+    if bench.kind == "chain":
+        return None
+    text: dict[str, str] = {}
+    for k, s in zip(keys, scored):
+        if k is not None and s.extracted is not None:
+            text.setdefault(k, s.extracted)
+
+    def classes(distinct: list[str]) -> list[int]:
+        return scoring.answer_classes([text[k] for k in distinct])
+
+    return classes
 
 
 # --------------------------------------------------------------------------- task configs

@@ -7,8 +7,10 @@ What: for each problem we draw n responses and score each one (correct / wrong).
     one of k samples is correct" (Chen et al., 2021, "Evaluating Large Language Models Trained on
     Code", arXiv 2107.03374), computed as a stable product instead of huge binomials.
   * ``maj@k``  = mean over problems of [the most frequent answer among the first k responses is
-    correct]. Answers are grouped by their normalised text (``answer_key``); responses without an
-    answer do not vote; ties go to the answer that appeared first; no vote at all counts as wrong.
+    correct]. Answers are grouped by their normalised text (``answer_key``) and, when the caller
+    passes ``classes`` (the math benchmarks do: ``evals.scoring.answer_classes``), texts that are the
+    same answer (``1/2`` and ``0.5``) are merged into one class; responses without an answer do not
+    vote; ties go to the class that appeared first; no vote at all counts as wrong.
 
 Why these: avg@k is what the paper reports; pass@k shows whether the sampling distribution still
 covers the answer (a collapsed policy loses pass@k faster than avg@k); maj@k is the usual
@@ -17,7 +19,11 @@ self-consistency number.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+Classes = Callable[[list[str]], Sequence[object]]
+"""``classes(distinct) -> labels``: for the distinct answers of one vote (in order of first appearance)
+one label each; answers with equal labels count as one answer."""
 
 
 def _check_rows(correct: Sequence[Sequence[bool]]) -> int:
@@ -58,28 +64,43 @@ def pass_at_k(correct: Sequence[Sequence[bool]], k: int) -> float:
     return sum(pass_at_k_single(n, sum(bool(x) for x in row), k) for row in correct) / len(correct)
 
 
-def majority_answer(answers: Sequence[str | None]) -> int | None:
-    """Index of the first response carrying the most frequent answer (None answers abstain)."""
-    counts: dict[str, int] = {}
-    first: dict[str, int] = {}
+def majority_answer(answers: Sequence[str | None], classes: Classes | None = None) -> int | None:
+    """Index of the first response carrying the most frequent answer (None answers abstain).
+
+    Args:
+        answers: per response, its answer key (None = no answer).
+        classes: optional equivalence of distinct keys (see ``Classes``); default: each distinct key
+            is its own answer.
+    """
+    distinct = list(dict.fromkeys(a for a in answers if a is not None))
+    if not distinct:
+        return None
+    labels = list(classes(distinct)) if classes is not None else distinct
+    if len(labels) != len(distinct):
+        raise ValueError(f"maj@k: classes returned {len(labels)} labels for {len(distinct)} answers")
+    label_of = dict(zip(distinct, labels))
+    counts: dict[object, int] = {}
+    first: dict[object, int] = {}
     for i, a in enumerate(answers):
         if a is None:
             continue
-        counts[a] = counts.get(a, 0) + 1
-        first.setdefault(a, i)
-    if not counts:
-        return None
-    best = max(counts, key=lambda a: (counts[a], -first[a]))
+        c = label_of[a]
+        counts[c] = counts.get(c, 0) + 1
+        first.setdefault(c, i)
+    best = max(counts, key=lambda c: (counts[c], -first[c]))
     return first[best]
 
 
-def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int) -> float:
+def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]], k: int,
+             classes: Classes | None = None) -> float:
     """Mean over problems of [the majority answer among the first k responses is correct].
 
     Args:
         answers: per problem, per response, the normalised answer key (None = no answer).
         correct: per problem, per response, whether it is correct.
         k: responses that vote (the first k).
+        classes: optional equivalence of distinct answer keys (``majority_answer``); the majority
+            class is scored by its first response.
     """
     n = _check_rows(correct)
     if not 1 <= k <= n:
@@ -88,7 +109,7 @@ def maj_at_k(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence
         raise ValueError("maj@k: answers and correct must have the same shape")
     total = 0.0
     for ans_row, cor_row in zip(answers, correct):
-        idx = majority_answer(ans_row[:k])
+        idx = majority_answer(ans_row[:k], classes)
         total += 1.0 if idx is not None and cor_row[idx] else 0.0
     return total / len(correct)
 
@@ -109,17 +130,20 @@ def metric_names(n: int) -> list[str]:
     return [f"avg@{n}"] + [f"pass@{k}" for k in default_ks(n)] + [f"maj@{n}"]
 
 
-def summarize(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]]) -> dict[str, float]:
-    """All metrics of ``metric_names(n)`` for a benchmark (n = samples per problem)."""
+def summarize(answers: Sequence[Sequence[str | None]], correct: Sequence[Sequence[bool]],
+              classes: Classes | None = None) -> dict[str, float]:
+    """All metrics of ``metric_names(n)`` for a benchmark (n = samples per problem; ``classes``: maj@n's
+    answer equivalence, see ``majority_answer``)."""
     n = _check_rows(correct)
     out = {f"avg@{n}": avg_at_k(correct)}
     for k in default_ks(n):
         out[f"pass@{k}"] = pass_at_k(correct, k)
-    out[f"maj@{n}"] = maj_at_k(answers, correct, n)
+    out[f"maj@{n}"] = maj_at_k(answers, correct, n, classes)
     return out
 
 
-def per_problem(answers: Sequence[str | None], correct: Sequence[bool]) -> dict[str, float]:
+def per_problem(answers: Sequence[str | None], correct: Sequence[bool],
+                classes: Classes | None = None) -> dict[str, float]:
     """The same metrics for one problem (lm-eval's ``process_results``; the mean over problems is
     the benchmark value, since every metric above is a mean of per-problem values)."""
-    return summarize([answers], [correct])
+    return summarize([answers], [correct], classes)

@@ -480,6 +480,37 @@ def score_many(items: Sequence[ScoreItem], workers: int | None = None, timeout_s
         return pool.score(items, progress=progress)
 
 
+# --------------------------------------------------------------------------- answer equivalence
+def answer_classes(answers: Sequence[str], pool: Any = None) -> list[int]:
+    """Group extracted answers by math-verify equivalence (maj@k's vote: ``1/2``, ``0.5`` and
+    ``\\frac{1}{2}`` are one answer).
+
+    Each answer, in order, is compared (``answers_match``, the answer against the class's first member
+    as the reference) with one representative of every class opened so far; it joins the first class
+    it matches and otherwise opens a new one. So the result is deterministic and costs at most
+    m·(m-1)/2 comparisons for m answers (an integer pair takes the fast path, no parsing). The
+    comparisons of one answer run as one batch through ``pool`` (default ``shared_pool()``), i.e.
+    with the scorer's time limits: math-verify's alarm in each worker and the hard per-answer limit,
+    past which a comparison counts as "different".
+
+    Returns:
+        per answer, the index of its class's first member (so equal labels = one answer).
+    """
+    labels: list[int] = []
+    reps: list[int] = []
+    for i, a in enumerate(answers):
+        hit = None
+        if reps:
+            items = [ScoreItem("\\boxed{" + a + "}", answers[r]) for r in reps]
+            verdicts = (pool if pool is not None else shared_pool()).score(items)
+            hit = next((r for r, ok in zip(reps, verdicts) if ok), None)
+        if hit is None:
+            reps.append(i)
+            hit = i
+        labels.append(hit)
+    return labels
+
+
 _SHARED: ScorerPool | None = None
 
 

@@ -1,4 +1,5 @@
-"""avg@k, pass@k (unbiased) and maj@k on hand-made sample sets with known values."""
+"""avg@k, pass@k (unbiased) and maj@k on hand-made sample sets with known values; maj@k's vote by
+math-verify equivalence (`1/2` and `0.5` are one answer)."""
 
 from __future__ import annotations
 
@@ -109,3 +110,37 @@ def test_default_ks():
 def test_bad_input_raises(call):
     with pytest.raises(ValueError):
         call()
+
+
+# ----------------------------------------------------------------------------- maj@k: equivalent answers
+def test_maj_at_k_merges_classes():
+    answers = [["3", "1/2", "0.5"]]
+    correct = [[F, T, T]]
+    assert M.maj_at_k(answers, correct, 3) == 0.0  # by text: a three-way tie, the first seen ("3") wins
+    same = {"3": "three", "1/2": "half", "0.5": "half"}
+    assert M.maj_at_k(answers, correct, 3, classes=lambda d: [same[a] for a in d]) == 1.0
+    assert M.majority_answer(["3", "1/2", "0.5"], lambda d: [same[a] for a in d]) == 1  # first of the class
+    with pytest.raises(ValueError, match="classes returned 1 labels for 3 answers"):
+        M.majority_answer(["3", "1/2", "0.5"], lambda d: ["x"])
+
+
+def test_answer_classes_by_math_verify():
+    from evals.scoring import ScorerPool, answer_classes
+
+    with ScorerPool(workers=1) as pool:
+        assert answer_classes(["1/2", "0.5", "3"], pool=pool) == [0, 0, 2]
+        assert answer_classes(["3", "\\frac{1}{2}", "0.5", "3.0", "7"], pool=pool) == [0, 1, 1, 0, 4]
+        assert answer_classes([], pool=pool) == []
+
+
+def test_math_vote_groups_equivalent_spellings_end_to_end():
+    """lm-eval's per-problem hook: the majority of {1/2, 0.5, 3} is the 1/2 class, whichever comes first."""
+    from evals.harness import process_results
+
+    doc = {"benchmark": "aime24", "id": "maj-test", "answer": "1/2"}
+    for order in (["3", "1/2", "0.5"], ["1/2", "0.5", "3"], ["0.5", "3", "\\frac{1}{2}"]):
+        out = process_results(doc, [[f"so \\boxed{{{a}}}" for a in order]])
+        assert out["maj@3"] == 1.0, order
+        assert out["avg@3"] == pytest.approx(2 / 3)
+    wrong = process_results({**doc, "answer": "3"}, [["\\boxed{3}", "\\boxed{1/2}", "\\boxed{0.5}"]])
+    assert wrong["maj@3"] == 0.0 and wrong["avg@3"] == pytest.approx(1 / 3)

@@ -179,8 +179,20 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
     assert _job_counts(out)["train"] == expected_jobs(_load("paper.yaml"))["train"]
-    train_res = re.search(r"rule train:.*?resources: ([^\n]+)", out, re.S).group(1)
-    assert "gpu=8" in train_res and "slurm_partition=gpu" in train_res
+    # every train job's SLURM resources, by scale: nodes, GPUs (all nodes together) and tasks follow
+    # verl.nnodes x verl.n_gpus_per_node of config/paper.yaml (30B-A3B: 2 nodes)
+    by_scale: dict[str, set[str]] = {}
+    for block in re.findall(r"rule train:.*?resources: [^\n]+", out, re.S):
+        scale = re.search(r"wildcards: .*?scale=([^,\s]+)", block).group(1)
+        res = dict(kv.split("=", 1) for kv in block.rsplit("resources: ", 1)[1].split(", "))
+        by_scale.setdefault(scale, set()).add(
+            tuple(res[k] for k in ("nodes", "gpu", "tasks", "tasks_per_gpu", "mpi", "slurm_partition", "runtime")))
+    assert by_scale == {
+        "1.7b": {("1", "8", "1", "0", "", "gpu", "4320")},
+        "1.7b-base": {("1", "8", "1", "0", "", "gpu", "4320")},
+        "8b-base": {("1", "8", "1", "0", "", "gpu", "4320")},
+        "30b-a3b-base": {("2", "16", "2", "0", "srun", "gpu", "4320")},
+    }
 
 
 def test_dry_run_rejects_a_bad_config_naming_the_key(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,7 @@ def test_table3_command(cfg, method, scale):
     assert o[f"{A}.checkpoint.save_contents"] == "[model,optimizer,extra,hf_model]"
     assert o["trainer.default_local_dir"] == (
         f"'/runs/paper_fixture/runs/setting~default/method~{method}/scale~{scale}/seed~3/checkpoints'")
+    assert o["trainer.resume_mode"] == "auto" and o["trainer.max_actor_ckpt_to_keep"] == "1"  # rl default
     assert o["trainer.logger"] == "[console,mlflow]"
     assert o["trainer.project_name"] == "paper_fixture"
     assert o["trainer.experiment_name"] == f"default/{method}/{scale}/seed3"
@@ -185,7 +187,8 @@ def test_cli_script_and_json(tmp_path, capsys):
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash") and os.access(script, os.X_OK)
     assert "# NOTE: method 'cppo': divergence topk_tv -> binary_tv" in text
-    assert f"{tmp_path / 'run' / 'checkpoints'}/global_step_${{step}}/actor/huggingface" in text
+    assert f"ckpt={tmp_path / 'run' / 'checkpoints'}\n" in text
+    assert '"$ckpt/global_step_${step}/actor/huggingface"' in text
     assert f"touch {tmp_path / 'run' / 'done'}" in text
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
     import yaml
@@ -198,6 +201,7 @@ def test_cli_script_and_json(tmp_path, capsys):
     multi = _cmd(cfg_multi := load_config(FIXTURE, FIXED), "cppo", "qwen3_30b_a3b_base").script()
     assert cfg_multi.scales["qwen3_30b_a3b_base"]["verl"]["nnodes"] == 4
     assert 'this run needs 4 nodes' in multi and "ray start --head" in multi and 'nodes[@]:1:3' in multi
+    assert 'squeue -h -j "${SLURM_JOB_ID' in multi  # the job step's environment may lack SLURM_JOB_NODELIST
     assert multi.index('export RAY_ADDRESS=') < multi.index("-m verl.trainer.main_ppo")
     rc = main(["verl-cmd", str(FIXTURE), "--method", "grpo", "--scale", "qwen3_8b_base", "--seed", "1",
                "--format", "json", "--set", "verl.data_dir=/d"])
@@ -276,3 +280,135 @@ def test_paper_profile_generates_table3():
         if method == "cppo":
             assert (float(o[f"{RP}.delta"]), float(o[f"{RP}.delta_b"]), o[f"{RP}.delta_b_mode"]) == (
                 t["delta"], t["delta_b"], t["delta_b_mode"]), scale
+
+
+# --------------------------------------------------------------------------- resume (pre-emption, retries)
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for verl: records its arguments, then saves the final checkpoint as verl would
+printf '%s\\n' "$@" > "$CALLS/argv.$(ls "$CALLS" | wc -l)"
+for a in "$@"; do case "$a" in trainer.default_local_dir=*) d="${a#*=}";; trainer.total_training_steps=*) t="${a#*=}";; esac; done
+q="'"; d="${d#$q}"; d="${d%$q}"  # Hydra quotes the value (run folders contain `~`)
+mkdir -p "$d/global_step_$t/actor/huggingface" && echo "$t" > "$d/latest_checkpointed_iteration.txt"
+"""
+
+
+def _run_script(tmp_path, run_dir, steps=40):
+    c = load_config(FIXTURE, FIXED + [f"scales.qwen3_1p7b.rl.steps={steps}"])
+    script = tmp_path / "run.sh"
+    script.write_text(_cmd(c, "cppo", "qwen3_1p7b", run_dir=run_dir).script())
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir(exist_ok=True)
+    calls.mkdir(exist_ok=True)
+    (bindir / "python3").write_text(FAKE_PYTHON)
+    (bindir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls)}
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stderr, [p.read_text().splitlines() for p in sorted(calls.iterdir())]
+
+
+def test_script_resumes_from_the_last_checkpoint(tmp_path):
+    """A retried job re-runs the same script: with a complete checkpoint, verl gets the run's checkpoint
+    folder and resume_mode=auto (it continues from the tracker's step), and the log says which step."""
+    run_dir = tmp_path / "runs" / "setting~default" / "seed~1"
+    ckpt = run_dir / "checkpoints"
+    (ckpt / "global_step_20" / "actor").mkdir(parents=True)  # a pre-empted attempt: step 20 saved
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("20")
+    log, calls = _run_script(tmp_path, run_dir)
+    assert len(calls) == 1
+    assert f"trainer.default_local_dir={ckpt}" in calls[0] or f"trainer.default_local_dir='{ckpt}'" in calls[0]
+    assert "trainer.resume_mode=auto" in calls[0]
+    assert f"resuming from {ckpt}/global_step_20" in log
+    assert (run_dir / "final").resolve() == (ckpt / "global_step_40" / "actor" / "huggingface").resolve()
+    assert (run_dir / "done").exists()
+
+
+def test_script_starts_fresh_without_a_complete_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    log, calls = _run_script(tmp_path, run_dir)
+    assert len(calls) == 1 and "no checkpoint yet: starting from step 0" in log
+    # a step folder without verl's tracker file is a save that never completed: verl starts over, and says so
+    run2 = tmp_path / "run2"
+    (run2 / "checkpoints" / "global_step_20").mkdir(parents=True)
+    log, _ = _run_script(tmp_path, run2)
+    assert "no complete checkpoint: starting from step 0" in log
+
+
+def test_script_does_not_rerun_a_finished_run(tmp_path):
+    """Killed after the final checkpoint but before `done`: the retry links the weights, verl does not run."""
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    (ckpt / "global_step_40" / "actor" / "huggingface").mkdir(parents=True)
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("40\n")
+    log, calls = _run_script(tmp_path, run_dir, steps=40)
+    assert calls == [] and "final step 40: not starting verl" in log
+    assert (run_dir / "done").exists() and (run_dir / "final").resolve() == (ckpt / "global_step_40" / "actor" / "huggingface")
+
+
+def test_multi_node_script_under_snakemakes_slurm_job_step(tmp_path):
+    """The 30B-A3B script in the environment snakemake's SLURM job step leaves (SLURM_JOB_ID, no node
+    list, no CPUs per task), with fake squeue / scontrol / srun / sleep / python3 on PATH: Ray starts
+    on both nodes with the job's CPUs per task, then verl runs with RAY_ADDRESS."""
+    bindir, calls = tmp_path / "bin", tmp_path / "calls"
+    bindir.mkdir()
+    calls.mkdir()
+    fakes = {
+        "squeue": 'echo "gpu[01-02]"',
+        "scontrol": 'if [ "$1 $2" = "show hostnames" ]; then printf "gpu01\\ngpu02\\n"; '
+                    'else echo "JobId=7 NumNodes=2 CPUs/Task=64 TRES=cpu=128,gres/gpu=16"; fi',
+        "srun": 'echo "$*" >> "$CALLS/srun"; case "$*" in *hostname*) echo 10.0.0.1;; esac',
+        "sleep": "true",
+        "python3": 'echo "RAY_ADDRESS=$RAY_ADDRESS" > "$CALLS/verl"',
+    }
+    for name, body in fakes.items():
+        (bindir / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+        (bindir / name).chmod(0o755)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints" / "global_step_560" / "actor" / "huggingface").mkdir(parents=True)
+    paper = load_config(REPO / "config" / "paper.yaml", FIXED)
+    script = tmp_path / "run.sh"
+    script.write_text(_cmd(paper, "cppo", "30b-a3b-base", run_dir=run_dir).script())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{bindir}{os.pathsep}{env['PATH']}", CALLS=str(calls), SLURM_JOB_ID="7")
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert (calls / "verl").read_text().strip() == "RAY_ADDRESS=10.0.0.1:6379"
+    for _ in range(50):  # the `ray start` steps run in the background
+        steps = (calls / "srun").read_text().splitlines()
+        if len(steps) >= 3:
+            break
+        time.sleep(0.1)
+    assert len(steps) == 3 and all("--cpus-per-task=64" in s for s in steps)
+    assert "-w gpu01 hostname" in steps[0]
+    assert sum("-w gpu01 ray start --head" in s for s in steps) == 1
+    assert sum("-w gpu02 ray start --address=10.0.0.1:6379" in s for s in steps) == 1
+    assert proc.returncode != 0 and "latest_checkpointed_iteration.txt" in proc.stderr  # no tracker: no `done`
+    assert not (run_dir / "done").exists()
+    # fewer nodes than verl.nnodes: one clear error before anything starts
+    (bindir / "scontrol").write_text('#!/usr/bin/env bash\necho gpu01\n')
+    (calls / "srun").unlink()
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "this run needs 2 nodes, the allocation has 1" in proc.stderr
+    assert not (calls / "srun").exists()
+
+
+def test_retries_and_nodes_come_from_the_profile():
+    from cppo.config import read_profile
+    from cppo.integrations.verl_backend import VerlSettings, settings_for
+
+    paper = read_profile(REPO / "config" / "paper.yaml")
+    assert settings_for(paper, "30b-a3b-base").nnodes == 2 and settings_for(paper, "8b-base").nnodes == 1
+    assert settings_for(paper, "1.7b").retries == paper["verl"]["retries"] >= 3  # multi-day runs get retried
+    assert VerlSettings().retries >= 3
+    over = read_profile(REPO / "config" / "paper.yaml", ['scales."30b-a3b-base".verl.retries=9'])
+    assert settings_for(over, "30b-a3b-base").retries == 9 and settings_for(over, "1.7b").retries == paper["verl"]["retries"]
+    with pytest.raises(ValueError, match=r"verl.retries must be an integer >= 0, got -1"):
+        settings_for(read_profile(REPO / "config" / "paper.yaml", ["verl.retries=-1"]), "1.7b")
+    with pytest.raises(ValueError, match="unknown scale"):
+        settings_for(paper, "1.7")
+
+
+def test_paper_keeps_two_checkpoints_and_quoted_scale_override():
+    paper = load_config(REPO / "config" / "paper.yaml", FIXED + ['scales."1.7b".rl.steps=5'])
+    o = _cmd(paper, "cppo", "1.7b").override_map()
+    assert o["trainer.total_training_steps"] == "5" and o["trainer.max_actor_ckpt_to_keep"] == "2"
+    assert _cmd(paper, "cppo", "1.7b-base").override_map()["trainer.total_training_steps"] == "680"

@@ -29,9 +29,45 @@ def train_command(wc):
     return f"{CPPO} train {q(CONFIG)} {common}{init} --no-progress"
 
 
+def verl_settings(scale):
+    """The run's cluster settings (`verl`, then `scales.<s>.verl`), as `cppo verl-cmd` resolves them."""
+    from cppo.integrations.verl_backend import settings_for
+
+    return settings_for(config, scale)
+
+
+def train_retries():
+    """Re-submissions of a failed train job. verl runs resume from their last checkpoint, so a multi-day
+    run survives preemption and time limits: `verl.retries` (largest over the grid's scales; Snakemake
+    takes one number per rule). The builtin trainer keeps the profile's --retries (None)."""
+    if backend() != "verl":
+        return None
+    return max(verl_settings(s).retries for s in config["grid"]["scales"])
+
+
+def train_nodes(wc):
+    return 1 if backend() == "builtin" else verl_settings(wc.scale).nnodes
+
+
+def train_gpus(wc):
+    if backend() == "builtin":
+        return 0
+    s = verl_settings(wc.scale)
+    return s.nnodes * s.n_gpus_per_node
+
+
+def train_mpi(wc):
+    """snakemake-executor-plugin-slurm: with an `mpi` resource the job step runs our script directly in
+    the allocation instead of under `srun -n1` (one task on one node); the script then starts Ray on
+    every node itself with srun. A non-empty value also makes the submission ask for `tasks` (one per
+    node)."""
+    return "srun" if train_nodes(wc) > 1 else ""
+
+
 rule train:
     """RL training of one run; the trainer resumes from the run folder's last checkpoint and
-    writes `done` last. A changed config (params.digest) restarts the run from scratch."""
+    writes `done` last, so a retried job (`retries`) continues where the last attempt stopped.
+    A changed config (params.digest) restarts the run from scratch."""
     input:
         unpack(train_inputs),
     output:
@@ -44,8 +80,14 @@ rule train:
         digest=run_digest,
         cmd=train_command,
     threads: 1
+    retries: train_retries()
     resources:
-        gpu=lambda wc: 0 if backend() == "builtin" else 1,
+        # SLURM (workflow/profiles/slurm): --nodes, --gpus (all nodes together), one task per node
+        nodes=train_nodes,
+        gpu=train_gpus,
+        tasks=train_nodes,
+        tasks_per_gpu=0,  # no --ntasks-per-gpu (the plugin would derive it from `tasks`)
+        mpi=train_mpi,
     shell:
         """
         if [ -f {params.stamp:q} ] && [ "$(cat {params.stamp:q})" != "{params.digest}" ]; then
