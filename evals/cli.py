@@ -111,6 +111,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     backend = args.backend or (raw.get("eval") or {}).get("backend") or "hf"
+    if backend != "oracle":  # the oracle needs no weights: MODEL is only a label there
+        from cppo.models import model_source
+
+        try:
+            model_source(args.model)
+        except FileNotFoundError as e:
+            print(f"cppo eval: {e}", file=sys.stderr)
+            return 2
 
     from evals.harness import run_eval
 

@@ -80,6 +80,15 @@ def test_bad_invocations_fail_with_a_message(argv, msg, capsys, tmp_path, monkey
     assert msg in capsys.readouterr().err
 
 
+def test_missing_checkpoint_folder_is_one_line(tmp_path, capsys):
+    """A mistyped folder is reported as such, not as a 78-line traceback about hub repo ids."""
+    rc = cppo_main(["eval", "/no/such/folder", "--benchmarks", "math500", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "/no/such/folder does not exist" in err
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_list_and_help_are_fast_and_light():
     """`cppo eval --help` / `--list` must not import torch, lm-eval or MLflow."""
     code = ("import sys; from cppo.cli import main; rc = main(['eval', '--list']); "
