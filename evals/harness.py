@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals import defaults
 from evals import metrics as M
 from evals.registry import (
     Benchmark,
@@ -48,13 +49,14 @@ FILTER_NAME = "all_samples"
 
 @dataclass
 class EvalSettings:
-    """How to sample and score (defaults: the paper's protocol, Avg@16 at T = 0.7, top-p 0.95)."""
+    """How to sample and score (defaults: the paper's protocol from ``evals.defaults``, avg@16 at T = 0.7,
+    top-p 0.95). These defaults are the only ones: ``cppo eval`` passes only the values it was given."""
 
-    n: int = 16
+    n: int = defaults.N
     """responses sampled per problem"""
-    temperature: float = 0.7
+    temperature: float = defaults.TEMPERATURE
     """sampling temperature (0 = greedy; then the n responses coincide)"""
-    top_p: float = 0.95
+    top_p: float = defaults.TOP_P
     """nucleus sampling mass"""
     max_tokens: int | None = None
     """generation budget per response (None: the benchmark's default)"""
