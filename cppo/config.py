@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from evals import defaults as eval_defaults  # the evaluation defaults live with the evaluation code
+
 ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
@@ -180,14 +182,14 @@ class MethodSpec:
 class EvalConfig:
     benchmarks: list[str] = field(default_factory=lambda: ["chain_id", "chain_ood"])
     """Benchmarks of the final evaluation (``cppo eval``)."""
-    n: int = 4
-    """Samples per problem."""
-    temperature: float = 0.7
+    n: int = eval_defaults.N
+    """Samples per problem (default: the protocol's, ``evals.defaults``)."""
+    temperature: float = eval_defaults.TEMPERATURE
     """Sampling temperature."""
-    top_p: float = 0.95
+    top_p: float = eval_defaults.TOP_P
     """Nucleus mass."""
-    max_tokens: int = 32
-    """Generation limit."""
+    max_tokens: int | None = None
+    """Generation limit (None: each benchmark's own)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other keys of the section (owned by the evaluation/pipeline parts), kept as given."""
 

@@ -144,14 +144,36 @@ def load_model(path_or_name: str | Path, dtype=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not Path(path_or_name).exists() and not _looks_like_hub(str(path_or_name)):
-        raise FileNotFoundError(f"checkpoint not found: {path_or_name} (not a folder, not an owner/name hub id)")
+    model_source(path_or_name)  # a clear error for a mistyped folder instead of a hub lookup failure
     tokenizer = AutoTokenizer.from_pretrained(str(path_or_name))
     model = AutoModelForCausalLM.from_pretrained(str(path_or_name), dtype=dtype or torch.float32)
     if tokenizer.pad_token_id is None:  # hub base models often lack a pad token
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def model_source(path_or_name: str | Path) -> str:
+    """Where a model argument points: ``"local"`` (an existing checkpoint folder) or ``"hub"``.
+
+    An existing path is always local. Otherwise only an ``owner/name`` id (one slash, no leading
+    ``/`` or ``.``) goes to the hub; anything else is a folder that does not exist, which raises
+    FileNotFoundError with one readable line rather than letting transformers report a bad hub id.
+    Also raises for an existing path that is not a Hugging Face folder (a file, or no config.json).
+    Reads only the local file system (no network).
+    """
+    path = Path(path_or_name)
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint not found: {path} is a file, not a checkpoint folder")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} has no config.json (not a Hugging Face "
+                                    f"checkpoint folder)")
+        return "local"
+    if _looks_like_hub(str(path_or_name)):
+        return "hub"
+    raise FileNotFoundError(f"checkpoint not found: the folder {path_or_name} does not exist "
+                            f"(and it is not an owner/name hub id)")
 
 
 def _looks_like_hub(name: str) -> bool:

@@ -1,10 +1,10 @@
 """``cppo eval``: evaluate a checkpoint or hub model on benchmarks → JSON (+ MLflow).
 
-Defaults reproduce the paper's protocol: n = 16 samples per problem, temperature 0.7, top-p 0.95,
-the answer in the last ``\\boxed{}`` checked with math-verify, reported as avg@16 (also pass@k and
-maj@16). Values come from, in order: the command line, the profile's ``eval`` section
-(``--config``), these defaults. The chain settings (K, modulus, ood_K, n_test) come from the
-profile too. Benchmark files are read from ``--data-dir``, else ``CPPO_DATA_DIR``, else the
+Defaults reproduce the paper's protocol (``evals.defaults``): n = 16 samples per problem,
+temperature 0.7, top-p 0.95, the answer in the last ``\\boxed{}`` checked with math-verify, reported
+as avg@16 (also pass@k and maj@16). Values come from, in order: the command line, the profile's
+``eval`` section (``--config``), these defaults. The chain settings (K, modulus, ood_K, n_test) come
+from the profile too. Benchmark files are read from ``--data-dir``, else ``CPPO_DATA_DIR``, else the
 profile's ``data_dir``; a math benchmark with no file there is loaded from the hub, and when that
 is impossible the command stops with one line (exit 2) naming the file and the hub dataset.
 
@@ -21,15 +21,19 @@ import json
 import sys
 from pathlib import Path
 
-PAPER_DEFAULTS = {"n": 16, "temperature": 0.7, "top_p": 0.95}
+from evals import defaults
+
+# EvalSettings fields the command line and the profile's eval section may set, with their types
+SETTABLE = {"n": int, "temperature": float, "top_p": float, "max_tokens": int, "template": str, "limit": int,
+            "seed": int, "batch_size": int, "device": str, "dtype": str}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="checkpoint folder (Hugging Face format) or hub name; any label for --backend oracle")
     p.add_argument("--benchmarks", help="comma-separated registry names, e.g. aime24,math500 (default: the profile's eval.benchmarks)")
-    p.add_argument("--n", type=int, help="samples per problem (default 16, or the profile's eval.n)")
-    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
-    p.add_argument("--top-p", type=float, dest="top_p", help="nucleus mass (default 0.95)")
+    p.add_argument("--n", type=int, help=f"samples per problem (default {defaults.N}, or the profile's eval.n)")
+    p.add_argument("--temperature", type=float, help=f"sampling temperature (default {defaults.TEMPERATURE})")
+    p.add_argument("--top-p", type=float, dest="top_p", help=f"nucleus mass (default {defaults.TOP_P})")
     p.add_argument("--max-tokens", type=int, dest="max_tokens", help="generation budget per response (default: the benchmark's)")
     p.add_argument("--out", type=Path, help="result JSON path")
     p.add_argument("--backend", choices=("hf", "vllm", "oracle"), help="generation backend (default hf; vllm needs the GPU extra)")
@@ -63,27 +67,20 @@ def _default_data_dir(raw: dict) -> str | None:
 
 
 def settings_from_args(args: argparse.Namespace, raw: dict):
-    """EvalSettings from the command line, then the profile's eval section, then the paper's protocol."""
+    """EvalSettings from the command line, then the profile's eval section, then EvalSettings' own
+    defaults (``evals.defaults``: the one place they are written)."""
     from evals.harness import EvalSettings
     from evals.registry import ChainSettings
 
     ev = raw.get("eval") or {}
-
-    def pick(name: str, default=None):
+    given = {}
+    for name, cast in SETTABLE.items():
         v = getattr(args, name, None)
-        return v if v is not None else ev.get(name, default)
-
+        v = v if v is not None else ev.get(name)
+        if v is not None:
+            given[name] = cast(v)
     return EvalSettings(
-        n=int(pick("n", PAPER_DEFAULTS["n"])),
-        temperature=float(pick("temperature", PAPER_DEFAULTS["temperature"])),
-        top_p=float(pick("top_p", PAPER_DEFAULTS["top_p"])),
-        max_tokens=pick("max_tokens"),
-        template=pick("template", "auto"),
-        limit=pick("limit"),
-        seed=int(pick("seed", 0)),
-        batch_size=int(pick("batch_size", 16)),
-        device=pick("device"),
-        dtype=pick("dtype", "auto"),
+        **given,
         data_dir=args.data_dir or _default_data_dir(raw),
         chain=ChainSettings.from_config(raw),
         base_template=(raw.get("task") or {}).get("template") if (raw.get("task") or {}).get("name") == "math" else None,
@@ -120,6 +117,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     backend = args.backend or (raw.get("eval") or {}).get("backend") or "hf"
+    if backend != "oracle":  # the oracle needs no weights: MODEL is only a label there
+        from cppo.models import model_source
+
+        try:
+            model_source(args.model)
+        except FileNotFoundError as e:
+            print(f"cppo eval: {e}", file=sys.stderr)
+            return 2
 
     from cppo.data import DataNotFound
     from evals.harness import run_eval

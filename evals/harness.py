@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evals import defaults
 from evals import metrics as M
 from evals import scoring
 from evals.registry import (
@@ -53,13 +54,14 @@ FILTER_NAME = "all_samples"
 
 @dataclass
 class EvalSettings:
-    """How to sample and score (defaults: the paper's protocol, Avg@16 at T = 0.7, top-p 0.95)."""
+    """How to sample and score (defaults: the paper's protocol from ``evals.defaults``, avg@16 at T = 0.7,
+    top-p 0.95). These defaults are the only ones: ``cppo eval`` passes only the values it was given."""
 
-    n: int = 16
+    n: int = defaults.N
     """responses sampled per problem"""
-    temperature: float = 0.7
+    temperature: float = defaults.TEMPERATURE
     """sampling temperature (0 = greedy; then the n responses coincide)"""
-    top_p: float = 0.95
+    top_p: float = defaults.TOP_P
     """nucleus sampling mass"""
     max_tokens: int | None = None
     """generation budget per response (None: the benchmark's default)"""
@@ -201,14 +203,18 @@ def task_manager():
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)
 
 
-def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = None, template: str = "base") -> tuple[dict, str]:
-    """The task file of ``bench`` with the run's settings written in; also the data source used."""
+def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = None, template: str = "base",
+                max_tokens: int | None = None) -> tuple[dict, str]:
+    """The task file of ``bench`` with the run's settings written in; also the data source used.
+
+    ``max_tokens``: the generation budget to write (default: ``settings.max_tokens``, else the benchmark's).
+    """
     entry = tm.task_index.get(bench.lm_eval_task)
     if entry is None or entry.yaml_path is None:
         raise ValueError(f"lm-eval task {bench.lm_eval_task!r} not found in {TASKS_DIR}")
     cfg = _load_yaml(Path(entry.yaml_path))
     n = settings.n
-    max_tokens = settings.max_tokens or bench.max_tokens
+    max_tokens = max_tokens or settings.max_tokens or bench.max_tokens
     cfg["repeats"] = n
     cfg["filter_list"] = [{"name": FILTER_NAME, "filter": [{"function": "take_first_k", "k": n}]}]
     cfg["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in M.metric_names(n)]
@@ -251,6 +257,36 @@ def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = N
 
 
 # --------------------------------------------------------------------------- running
+def fit_budget(requested: int, context: int, prompt_lengths: list[int]) -> int:
+    """The largest generation budget <= ``requested`` that fits a ``context``-token model after the prompts.
+
+    Prompt and response share the context, so the budget is at most context minus the longest prompt.
+    When a prompt alone leaves no room, the budget is half the context and lm-eval left-truncates the
+    prompts that are longer than the other half (they lose their start).
+    """
+    room = context - max(prompt_lengths, default=0)
+    if requested <= room:
+        return requested
+    return room if room >= 1 else min(requested, context // 2)
+
+
+def _fit_to_context(bench: Benchmark, requested: int, context: int, settings: EvalSettings, tokenizer: Any,
+                    template: str) -> int:
+    """``fit_budget`` over the prompts this run evaluates, with a one-line note on stderr when it changes."""
+    import sys
+
+    docs = load_docs(bench, settings.data_dir, settings.limit, settings.chain)
+    lengths = [len(tokenizer(make_prompt(bench, d, template, tokenizer, settings.base_template),
+                             add_special_tokens=False).input_ids) for d in docs]
+    budget = fit_budget(requested, context, lengths)
+    if budget != requested:
+        cut = sum(n > context - budget for n in lengths)
+        tail = f"; {cut} of {len(lengths)} prompts lose their start to fit" if cut else ""
+        print(f"cppo eval: note: {bench.name}: {requested} new tokens do not fit the model's {context}-token "
+              f"context; generating at most {budget}{tail} (--max-tokens sets the budget)", file=sys.stderr)
+    return budget
+
+
 def _quiet_lm_eval() -> None:
     for name in ("lm_eval", "lm-eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -286,17 +322,18 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
     injected = lm is not None
     tokenizer = None if (injected or backend == "oracle") else load_tokenizer(model)
     template = resolve_template(settings.template, tokenizer)
+    budgets = {b.name: settings.max_tokens or b.max_tokens for b in benches}
     if lm is None:
         lm = build_lm(backend, model, settings)
-        longest = max(settings.max_tokens or b.max_tokens for b in benches)
-        limit = getattr(lm, "max_length", None)
-        if isinstance(limit, int) and backend == "hf" and longest >= limit:
-            raise ValueError(f"--max-tokens {longest} does not fit the model's context of {limit} tokens "
-                             f"(prompt included); pass a smaller --max-tokens")
+        context = getattr(lm, "max_length", None)
+        if isinstance(context, int) and backend == "hf":
+            for b in benches:
+                if budgets[b.name] >= context:  # lm-eval would stop on an assertion; fit it instead
+                    budgets[b.name] = _fit_to_context(b, budgets[b.name], context, settings, tokenizer, template)
     tm = task_manager()
     configs, sources = [], {}
     for b in benches:
-        cfg, sources[b.name] = task_config(b, settings, tm, tokenizer, template)
+        cfg, sources[b.name] = task_config(b, settings, tm, tokenizer, template, max_tokens=budgets[b.name])
         configs.append(cfg)
     _DETAILS.clear()
     out = lm_eval.simple_evaluate(
@@ -333,7 +370,7 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
             "n_samples": settings.n,
             "source": sources[b.name],
             "template": "raw" if b.kind == "chain" else template,
-            "max_tokens": settings.max_tokens or b.max_tokens,
+            "max_tokens": budgets[b.name],
             "samples": samples,
         }
     return result

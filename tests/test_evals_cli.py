@@ -82,6 +82,33 @@ def test_bad_invocations_fail_with_a_message(argv, msg, capsys, tmp_path, monkey
     assert msg in capsys.readouterr().err
 
 
+def test_missing_checkpoint_folder_is_one_line(tmp_path, capsys):
+    """A mistyped folder is reported as such, not as a 78-line traceback about hub repo ids."""
+    rc = cppo_main(["eval", "/no/such/folder", "--benchmarks", "math500", "--out", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "/no/such/folder does not exist" in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_defaults_have_one_source():
+    """`cppo eval` without flags or profile values samples exactly as the typed profile section defaults say."""
+    import argparse
+
+    from cppo.config import EvalConfig
+    from evals.cli import add_arguments, settings_from_args
+    from evals.harness import EvalSettings
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    ec, es = EvalConfig(), EvalSettings()
+    cli = settings_from_args(p.parse_args(["m"]), {})
+    assert (cli.n, cli.temperature, cli.top_p) == (ec.n, ec.temperature, ec.top_p) == (es.n, es.temperature, es.top_p)
+    assert cli.max_tokens is None and ec.max_tokens is None  # each benchmark's own budget
+    partial = settings_from_args(p.parse_args(["m", "--top-p", "0.5"]), {"eval": {"temperature": 0}})
+    assert (partial.n, partial.temperature, partial.top_p) == (ec.n, 0.0, 0.5)
+
+
 def test_list_and_help_are_fast_and_light():
     """`cppo eval --help` / `--list` must not import torch, lm-eval or MLflow."""
     code = ("import sys; from cppo.cli import main; rc = main(['eval', '--list']); "

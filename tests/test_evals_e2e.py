@@ -171,10 +171,31 @@ def test_hf_backend_sampling_on_math_and_chain(tiny_checkpoint):
     assert all(len(d["solution"]) == 14 for d in ood)  # ood_K = K + 8
 
 
-@pytest.mark.usefixtures("data_dir")
-def test_hf_backend_refuses_a_budget_beyond_the_context(tiny_checkpoint):
-    with pytest.raises(ValueError, match="does not fit the model's context"):
-        run_eval(str(tiny_checkpoint), ["math500"], EvalSettings(n=1, limit=1, device="cpu"), backend="hf")  # 4096 > 512
+def test_fit_budget_leaves_room_for_the_longest_prompt():
+    from evals.harness import fit_budget
+
+    assert fit_budget(40, 512, [100, 300]) == 40  # fits: unchanged
+    assert fit_budget(4096, 512, [100, 300]) == 212  # context minus the longest prompt
+    assert fit_budget(4096, 512, [100, 800]) == 256  # a prompt alone fills the context: half of it
+    assert fit_budget(100, 512, [100, 800]) == 100
+
+
+def test_readme_quick_look_runs_on_a_tiny_model(tiny_checkpoint, tmp_path, capsys):
+    """The README's `cppo eval MODEL --benchmarks math500 --limit 20 --n 4`: math500's budget of 4096 new
+    tokens does not fit the tiny models' 512-token context; it is capped with a one-line note, not a crash."""
+    from cppo.cli import main as cppo_main
+
+    problems = [{"id": f"p{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(2)]
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps(p) + "\n" for p in problems))
+    out = tmp_path / "quick.json"
+    rc = cppo_main(["eval", str(tiny_checkpoint), "--benchmarks", "math500", "--limit", "20", "--n", "4",
+                    "--out", str(out), "--data-dir", str(tmp_path)])
+    assert rc == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cppo eval: note:")]
+    prompt_len = len("What is 0 + 0?\nPlease reason step by step, and put your final answer within \\boxed{}.\n")
+    assert len(notes) == 1 and "4096" in notes[0] and f"at most {512 - prompt_len}" in notes[0]
+    r = json.loads(out.read_text())["benchmarks"]["math500"]
+    assert r["max_tokens"] == 512 - prompt_len and r["n_problems"] == 2 and len(r["samples"]) == 8
 
 
 @pytest.mark.usefixtures("data_dir")

@@ -257,3 +257,32 @@ def test_engines_found_by_name_without_importing_them():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-1500:]
     assert out.stdout.split() == ["FastHFEngine", "['hf',", "'hf_fast',", "'vllm']"]
+
+
+def test_engines_stop_on_every_end_token_of_the_generation_config():
+    """A model whose generation config lists two end tokens: `hf` and `hf_fast` give the same greedy
+    responses and both stop on the second one (the `hf` engine used to stop on the tokenizer's only)."""
+    from cppo.models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    # a wide initialisation, so that greedy responses vary (the default one repeats a single token)
+    model = build_model({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+                         "intermediate_size": 96, "initializer_range": 0.5}, tok, seed=0).eval()
+    kw = dict(n=1, max_new_tokens=16, temperature=0.0, top_p=1.0, topk=None, generator=None)
+    free = HFEngine(model, tok).generate(CHAIN_PROMPTS, **kw)  # the tokenizer's <eos> only
+    row = free.response_ids[0].tolist()
+    assert tok.eos_token_id not in row[:3]
+    k = next(i for i in range(2, len(row)) if row[i] not in row[:i])  # a token first seen at step k >= 2
+    second = row[k]
+    model.generation_config.eos_token_id = [tok.eos_token_id, second]
+
+    a = HFEngine(model, tok).generate(CHAIN_PROMPTS, **kw)
+    b = get_engine("hf_fast", model, tok).generate(CHAIN_PROMPTS, **kw)
+    T = a.response_ids.shape[1]
+    assert b.response_ids[:, :T].equal(a.response_ids) and b.response_mask[:, :T].equal(a.response_mask)
+    assert b.finished.equal(a.finished) and b.texts == a.texts
+    assert int(a.response_mask[0].sum()) == k + 1 and a.response_ids[0, k] == second and bool(a.finished[0])
+    for rb in (a, b):  # every row ends on its first end token, of either kind
+        for ids, m in zip(rb.response_ids.tolist(), rb.response_mask.tolist()):
+            stop = next((i for i, t in enumerate(ids) if t in (tok.eos_token_id, second)), None)
+            assert sum(m) == (stop + 1 if stop is not None else 16)

@@ -57,3 +57,27 @@ def test_load_model_missing_path_is_clear(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model(tmp_path / "nope")
+
+
+def test_model_source_decides_folder_or_hub_without_network(tmp_path, monkeypatch):
+    import pytest
+
+    from cppo.models import model_source
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    (ck / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert model_source(ck) == "local" and model_source("ck") == "local"
+    assert model_source("Qwen/Qwen3-0.6B-Base") == "hub"
+    (tmp_path / "Qwen").mkdir()  # an existing path wins over the hub id it looks like
+    with pytest.raises(FileNotFoundError, match="not found"):
+        model_source("Qwen")
+    for name in ("/no/such/folder", "./owner/name", "../owner/name", "a/b/c", "runs/x/", "gpt"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            model_source(name)
+    (tmp_path / "w.safetensors").write_text("")
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        model_source(tmp_path / "w.safetensors")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        model_source(tmp_path / "Qwen")

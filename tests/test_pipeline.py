@@ -353,3 +353,23 @@ def test_committed_report_does_not_hide_missing_runs(tmp_path):
     counts = _job_counts(res.stdout + res.stderr)
     want = expected_jobs(_load("tiny.yaml"))
     assert counts["train"] == want["train"] and counts["evaluate"] == want["evaluate"] and counts["report"] == 1
+
+
+def test_evaluate_passes_only_the_eval_keys_the_profile_sets(tmp_path):
+    """A profile without eval.n/temperature/top_p gets `cppo eval`'s own defaults (one source, evals/defaults.py),
+    not pipeline fallbacks of its own (which used to make it greedy in the pipeline and sampled from the CLI)."""
+    cfg = _load("tiny.yaml")
+    for key in ("n", "temperature", "top_p"):
+        cfg["eval"].pop(key)
+    cfg["grid"].update(methods=["cppo"], scales=["s"], seeds=[1], settings=["upd8"])
+    cfg["grid"].pop("reference")
+    path = tmp_path / "noeval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = _snakemake("-n", "-p", "--configfile", str(path), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    evals = [line for line in out.splitlines() if " eval " in line and "--benchmarks" in line]
+    assert len(evals) == 1, out[-3000:]
+    for flag in ("--n ", "--temperature ", "--top-p ", "--backend "):
+        assert flag not in evals[0], evals[0]
+    assert "--max-tokens 40" in evals[0] and "--limit 128" in evals[0]  # what the profile does set is passed

@@ -100,3 +100,26 @@ def test_report_prefers_mlflow_and_fills_gaps_from_files(tmp_path, mlflow_uri, c
     assert float(rows["chain_id"]["mean"]) == 0.75  # from MLflow
     assert float(rows["chain_ood"]["mean"]) == 0.25  # from the run folder
     assert "1 runs (1 from MLflow, 0 from run folders, 0 missing)" in capsys.readouterr().out
+
+
+def test_report_without_runs_writes_nothing_unless_forced(tmp_path, mlflow_uri, capsys):
+    """A fresh clone (no runs anywhere) must not overwrite the committed results/<profile>/ with empty tables."""
+    cfg = tmp_path / "rep.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table.md").write_text("committed\n")
+    rc = main(["report", str(cfg), "--out", str(out), "--results-root", str(tmp_path / "results"),
+               "--bootstrap", "100"])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "no runs" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["table.md"] and (out / "table.md").read_text() == "committed\n"
+
+    fresh = tmp_path / "fresh"  # nor is an output folder created
+    assert main(["report", str(cfg), "--out", str(fresh), "--results-root", str(tmp_path / "results")]) != 0
+    assert not fresh.exists()
+
+    assert main(["report", str(cfg), "--out", str(out), "--results-root", str(tmp_path / "results"),
+                 "--bootstrap", "100", "--force"]) == 0
+    assert (out / "table.md").read_text() != "committed\n" and (out / "table.csv").is_file()

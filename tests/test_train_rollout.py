@@ -120,3 +120,18 @@ def test_shared_prompt_forward_matches_full_sequences_in_value_and_gradient(engi
     assert torch.allclose(shared[valid], full[valid], atol=1e-4)
     for a, b in zip(g_shared, g_full):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["hf", "hf_fast"])
+def test_train_mode_is_restored_when_generation_raises(name, monkeypatch):
+    tok = build_tokenizer()
+    model = build_model("xs", tok, seed=0).train()
+    eng = get_engine(name, model, tok)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(model.model.embed_tokens, "forward", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        eng.generate(["1+2="], n=1, max_new_tokens=4, temperature=1.0, top_p=1.0, topk=None, generator=None)
+    assert model.training

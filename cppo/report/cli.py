@@ -20,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key (dotted, value parsed as YAML); repeatable")
     parser.add_argument("--no-mlflow", action="store_true", help="read the run folders only")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default report.bootstrap)")
+    parser.add_argument("--force", action="store_true",
+                        help="write the report even when no run is found (empty tables over the committed ones)")
 
 
 DEFAULT_CURVES = {
@@ -79,7 +81,6 @@ def main(args) -> int:
         return 2
     profile = cfg["profile"]
     out = Path(args.out or f"{args.results_root}/{profile}")
-    out.mkdir(parents=True, exist_ok=True)
     rs = report_settings(cfg)
     if args.bootstrap:
         rs["bootstrap"] = args.bootstrap
@@ -98,6 +99,13 @@ def main(args) -> int:
     src = {s: sum(r.source == s for r in records) for s in ("mlflow", "files", "missing")}
     print(f"cppo report: {len(records)} runs ({src['mlflow']} from MLflow, {src['files']} from run folders, "
           f"{src['missing']} missing)")
+    # A fresh clone has no runs but a committed results/<profile>/: re-making the report from nothing
+    # would replace the published tables with empty ones, so that takes an explicit --force.
+    if src["missing"] == len(records) and not args.force:
+        print(f"cppo report: no runs of profile {profile!r} found (MLflow or {args.results_root}/{profile}/runs); "
+              f"nothing written to {out} (--force writes empty tables)", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
 
     horizons = {(st, sc): horizon(cfg, st, sc) for st in settings for sc in scales}
     stats = cell_stats(records, benchmarks, metric, rs["collapse_metric"], rs["collapse_frac"],

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cppo.train.rollout import RolloutBatch, left_pad, register_engine
+from cppo.train.rollout import RolloutBatch, device_generator, eos_ids_of, left_pad, outside_nucleus, register_engine
 
 # rope variants whose frequencies depend on the sequence length (data-dependent, not capturable)
 _DYNAMIC_ROPE = ("dynamic", "longrope")
@@ -63,16 +63,11 @@ def recorded_logprobs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 def nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
     """Restrict log-probs (B, V) to the top-p nucleus and renormalise; the rest gets -inf.
 
-    The nucleus is the smallest set of most likely tokens whose mass reaches top_p: a token is dropped
-    when the mass strictly before it (in descending order) already reaches top_p, so the top token stays.
+    Which tokens are dropped is `cppo.train.rollout.outside_nucleus` (the same rule as the `hf` engine).
     """
     if top_p >= 1.0:
         return logp
-    sorted_logp, order = logp.sort(dim=-1, descending=True)  # (B, V)
-    p = sorted_logp.exp()
-    drop_sorted = (p.cumsum(dim=-1) - p) >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    kept = logp.masked_fill(drop, float("-inf"))
+    kept = logp.masked_fill(outside_nucleus(logp, top_p), float("-inf"))
     return kept - torch.logsumexp(kept, dim=-1, keepdim=True)
 
 
@@ -88,14 +83,6 @@ def draw(logp: torch.Tensor, temperature: float, generator: torch.Generator | No
     noise = torch.empty_like(logp).exponential_(generator=generator)  # (B, V)
     noise.clamp_min_(torch.finfo(noise.dtype).tiny)  # log(0) = -inf would turn a dropped token into NaN
     return (logp - noise.log()).argmax(dim=-1)
-
-
-def _device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
-    """The caller's generator if it lives on `device`, else a device generator seeded from it."""
-    if generator is None or generator.device.type == device.type:
-        return generator
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +323,7 @@ class FastDecoder:
         run = self._runner(B, L)
         cache = run.cache
         cache.reset()
-        gen = _device_generator(generator, dev)
+        gen = device_generator(generator, dev)
         eos = torch.tensor(sorted(set(eos_ids or [])), dtype=torch.long, device=dev)  # (E,)
 
         # prefill: causal attention among real prompt tokens; a pad query attends to itself only, which
@@ -392,17 +379,6 @@ class FastDecoder:
 # ----------------------------------------------------------------------------------------------
 # the rollout engine (the interface of cppo/train/rollout.py)
 # ----------------------------------------------------------------------------------------------
-
-
-def eos_ids_of(model, tokenizer) -> list[int]:
-    """EOS ids: the tokenizer's plus the model's generation config's (which may be a list)."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if gen_eos is not None:
-        ids.update(int(e) for e in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
-    return sorted(ids)
 
 
 class FastHFEngine:

@@ -81,6 +81,19 @@ def device_generator(generator: torch.Generator | None, device: torch.device) ->
     return torch.Generator(device=device).manual_seed(seed)
 
 
+def outside_nucleus(logp: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(B, V) bool: True on the tokens that top-p (nucleus) sampling drops, for log-probs ``logp`` (B, V).
+
+    The nucleus is the smallest set of most likely tokens whose mass reaches ``top_p``: a token is
+    dropped when the mass strictly before it (in descending order) already reaches ``top_p``, so the
+    top token always stays. The one implementation of the rule, shared by every engine.
+    """
+    sorted_logp, order = logp.sort(dim=-1, descending=True)  # (B, V)
+    p = sorted_logp.exp()
+    drop_sorted = (p.cumsum(dim=-1) - p) >= top_p  # (B, V) in sorted order
+    return torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+
+
 def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
     """Draw one token per row. Returns (tokens (B,), log μ (B, V) after temperature, before top-p)."""
     logits = logits.float()
@@ -90,13 +103,25 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float, generato
     logp = torch.log_softmax(logits / temperature, dim=-1)  # (B, V)
     probs = logp.exp()
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # drop a token when the mass strictly before it already reaches top_p (the top token always stays)
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        probs = probs.masked_fill(outside_nucleus(logp, top_p), 0.0)  # multinomial renormalises
     tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
     return tokens, logp
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    """The end tokens a response stops on: the tokenizer's EOS plus every id in the model's
+    ``generation_config.eos_token_id`` (a single id or a list, e.g. a chat model's end-of-turn token).
+
+    Every engine stops on this same set, so ``hf``, ``hf_fast`` and ``vllm`` cut a response at the same
+    token (returns sorted ids).
+    """
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids.update(int(e) for e in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
+    return sorted(ids)
 
 
 class HFEngine:
@@ -105,7 +130,8 @@ class HFEngine:
     Args:
         model: the policy; the engine keeps its *own* copy when ``copy_model`` (needed for stale
             rollouts), else it samples with the trainer's model object itself.
-        tokenizer: supplies pad/eos ids and decoding.
+        tokenizer: supplies the pad id and decoding; the end tokens are :func:`eos_ids_of` (the
+            tokenizer's EOS and the model's generation config's), as in every engine.
         copy_model: keep a private copy updated by :meth:`sync_weights`.
         rollout_dtype: e.g. ``"bfloat16"``: sample from a private copy in that precision, so that μ
             differs from the trainer's float32 π_old by precision, as with a separate inference
@@ -122,6 +148,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
+        self.eos_ids = eos_ids_of(model, tokenizer)  # every end token (see eos_ids_of), not only the tokenizer's
 
     def sync_weights(self, model_or_state) -> None:
         """Load weights from a model or a state dict (no-op when the engine shares the trainer's model)."""
@@ -139,10 +166,19 @@ class HFEngine:
         if n < 1 or max_new_tokens < 1:
             raise ValueError(f"generate: n and max_new_tokens must be >= 1, got {n}, {max_new_tokens}")
         model = self.model
-        dev = next(model.parameters()).device  # every tensor below lives on the model's device
-        generator = device_generator(generator, dev)
         was_training = model.training
         model.eval()
+        try:
+            return self._generate(prompts, n, max_new_tokens, temperature, top_p, topk, generator)
+        finally:  # also when generation raises: the trainer's model must not stay in eval mode
+            model.train(was_training)
+
+    def _generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, top_p: float,
+                  topk: int | None, generator: torch.Generator | None) -> RolloutBatch:
+        model = self.model
+        dev = next(model.parameters()).device  # every tensor below lives on the model's device
+        generator = device_generator(generator, dev)
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=dev)  # (E,)
         unique_ids = self.encode(prompts)
         prompt_ids = [ids for ids in unique_ids for _ in range(n)]
         # prefill each prompt once, then copy its KV cache to its n samples (n× less prefill work)
@@ -172,7 +208,7 @@ class HFEngine:
                 v, i = logp_all.topk(topk, dim=-1)  # (B, K)
                 tk_ids.append(i)
                 tk_logp.append(v)
-            alive = alive & (tok != self.eos_id)
+            alive = alive & ~torch.isin(tok, eos)
             if not alive.any() or t == max_new_tokens - 1:
                 break
             if attn is not None:
@@ -181,15 +217,14 @@ class HFEngine:
                         use_cache=True, logits_to_keep=1, **{cache_kw: past})
             past, logits = _out_cache(out), out.logits[:, -1]
             next_pos = next_pos + 1
-        model.train(was_training)
 
         resp = torch.stack(toks, dim=1)  # (B, T)
+        is_end = torch.isin(resp, eos).long()  # (B, T)
         # a token is a response token if no end token came strictly before it
-        eos_before = torch.cumsum((resp == self.eos_id).long(), dim=1) - (resp == self.eos_id).long()
-        mask = eos_before == 0  # (B, T)
+        mask = (torch.cumsum(is_end, dim=1) - is_end) == 0  # (B, T)
         resp = resp.masked_fill(~mask, self.pad_id)
         logp = torch.stack(logps, dim=1).float().masked_fill(~mask, 0.0)  # (B, T)
-        finished = ((resp == self.eos_id) & mask).any(dim=1)  # (B,)
+        finished = (is_end.bool() & mask).any(dim=1)  # (B,)
         texts = self.tokenizer.batch_decode(resp.tolist(), skip_special_tokens=True)
         return RolloutBatch(
             prompt_ids=prompt_ids, response_ids=resp, response_mask=mask, logp=logp,

@@ -172,7 +172,7 @@ class VLLMEngine:
         self.device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else tokenizer.eos_token_id)
-        from cppo.train.fastgen import eos_ids_of
+        from cppo.train.rollout import eos_ids_of
 
         self.eos_ids = eos_ids_of(model, tokenizer)
         self._dir = tempfile.mkdtemp(prefix="cppo-vllm-")

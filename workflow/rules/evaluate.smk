@@ -3,15 +3,16 @@
 # then split into <run>/eval/<benchmark>.json.
 
 
+# Profile key -> `cppo eval` flag. Only the keys the profile sets are passed: a key it leaves out
+# gets `cppo eval`'s own default (evals/defaults.py), the same as from the command line.
+EVAL_FLAGS = {"n": "--n", "temperature": "--temperature", "top_p": "--top-p", "backend": "--backend",
+              "max_tokens": "--max-tokens", "limit": "--limit", "batch_size": "--batch-size", "seed": "--seed",
+              "template": "--template", "device": "--device", "dtype": "--dtype"}
+
+
 def eval_args():
     e = config.get("eval") or {}
-    args = [f"--n {e.get('n', 1)}", f"--temperature {e.get('temperature', 0.0)}",
-            f"--top-p {e.get('top_p', 1.0)}", f"--backend {e.get('backend', 'hf')}"]
-    for key, flag in (("max_tokens", "--max-tokens"), ("limit", "--limit"), ("batch_size", "--batch-size"),
-                      ("seed", "--seed"), ("template", "--template"), ("device", "--device"), ("dtype", "--dtype")):
-        if e.get(key) is not None:
-            args.append(f"{flag} {e[key]}")
-    return " ".join(args)
+    return " ".join(f"{flag} {e[key]}" for key, flag in EVAL_FLAGS.items() if e.get(key) is not None)
 
 
 rule evaluate:
