@@ -81,7 +81,9 @@ def test_tiny_all_shares_the_tiny_regime():
      r"config key methods\.cppo\.rule: 'cpo' is not one of the registered rules \(pg_is, ppo_clip, .*cppo\)"),
     (lambda c: c["rl"].update(steps=-1), r"config key rl\.steps: -1 is less than the minimum of 0"),
     (lambda c: c["rl"].update(eval_every={"s": "x"}), r"config key rl\.eval_every\.s: 'x' is not of type 'integer'"),
-    (lambda c: c["settings"]["stale"].update(staleness=-1), r"config key settings\.stale\.staleness"),
+    (lambda c: c["settings"]["upd8"].update(staleness=-1), r"config key settings\.upd8\.staleness"),
+    (lambda c: c["settings"]["upd8"].update(rollout_dtype="int8"), r"config key settings\.upd8\.rollout_dtype"),
+    (lambda c: c["grid"].update(reference={"setting": "upd8"}), r"config key grid\.reference"),
     (lambda c: c["eval"].update(n=0), r"config key eval\.n"),
 ])
 def test_bad_config_names_the_key(edit, expected):
@@ -143,7 +145,8 @@ def expected_jobs(cfg: dict) -> dict[str, int]:
     one train and one evaluate job per (method, scale, seed, setting), one base per locally built
     scale (builtin backend), one prepare_data per verl parquet (training set + benchmarks)."""
     grid = cfg["grid"]
-    runs = len(grid["methods"]) * len(grid["scales"]) * len(grid["seeds"]) * len(grid.get("settings") or [None])
+    ref = 1 if grid.get("reference") else 0  # the on-policy reference rung: one method per scale and seed
+    runs = len(grid["scales"]) * len(grid["seeds"]) * (len(grid["methods"]) * (len(grid.get("settings") or [None]) - ref) + ref)
     benchmarks = (cfg.get("eval") or {}).get("benchmarks") or []
     jobs = {"mlflow_init": 1, "train": runs, "evaluate": runs if benchmarks else 0, "report": 1}
     if cfg.get("backend", "builtin") == "verl":
@@ -216,8 +219,9 @@ def test_mlflow_init_creates_every_parent_once(mlflow_uri, tmp_path):
     assert main(["mlflow-init", str(REPO / "config" / "tiny.yaml"), "--out", str(out)]) == 0  # idempotent
     ids = json.loads(out.read_text())["parents"]
     grid = _load("tiny.yaml")["grid"]
-    n_parents = len(grid.get("settings") or [None]) * len(grid["methods"]) * len(grid["scales"])
-    assert len(ids) == n_parents == len(set(ids.values()))  # settings × methods × scales
+    ref = 1 if grid.get("reference") else 0
+    n_parents = ((len(grid.get("settings") or [None]) - ref) * len(grid["methods"]) + ref) * len(grid["scales"])
+    assert len(ids) == n_parents == len(set(ids.values()))  # settings × methods × scales (one method at the reference)
     c = tracking.client()
     exp = c.get_experiment_by_name("tiny")
     runs = c.search_runs([exp.experiment_id], max_results=1000)
