@@ -1,0 +1,73 @@
+"""Calibrate a pressure ladder on the control alone: pg_is at every rung of a profile, per seed.
+
+    python benchmarks/calibrate_ladder.py config/tiny.yaml --base results/tiny/base/scale~s \
+        --out /tmp/calib [--scale s] [--seeds 1 2 3] [--jobs 2] [--table-only]
+
+Trains `pg_is` (the rule with no trust region) on each of `grid.settings`, with the profile's
+horizon and evaluation cadence, and prints one row per rung: per seed the time to collapse (the
+first evaluated step with greedy accuracy below `report.collapse_frac` × its step-0 value, or
+"—" when it never falls that low within the horizon), the area under the accuracy curve and the
+final accuracy. No other method is run: the ladder must be fixed before the rules are compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+
+def main() -> int:
+    from cppo.config import load_config
+    from cppo.report.collect import read_metrics_jsonl
+    from cppo.report.stats import auc, final_value, time_to_collapse
+    from cppo.report.tables import horizon
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config")
+    p.add_argument("--base", required=True, help="the scale's SFT base checkpoint")
+    p.add_argument("--out", required=True, type=Path, help="folder of the calibration runs")
+    p.add_argument("--scale", default="s")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: grid.seeds")
+    p.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
+    p.add_argument("--table-only", action="store_true", help="print the table of existing runs")
+    a = p.parse_args()
+    cfg = load_config(a.config)
+    raw, settings = cfg.raw, list(cfg.grid.settings)
+    seeds = a.seeds or list(cfg.grid.seeds)
+    rep = raw.get("report") or {}
+    metric, frac = rep.get("collapse_metric", "eval/chain_id/greedy_acc"), float(rep.get("collapse_frac", 0.5))
+    runs = [(st, k, a.out / f"setting~{st}" / f"seed~{k}") for st in settings for k in seeds]
+
+    def train(job):
+        st, k, d = job
+        cmd = [sys.executable, "-m", "cppo.cli", "train", a.config, "--method", "pg_is", "--scale", a.scale,
+               "--seed", str(k), "--setting", st, "--run-dir", str(d), "--init", a.base, "--no-mlflow", "--no-progress"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        print(f"{st} seed {k}: rc={r.returncode}", file=sys.stderr, flush=True)
+
+    if not a.table_only:
+        with ThreadPoolExecutor(a.jobs) as ex:
+            list(ex.map(train, runs))
+    print(f"pg_is, scale {a.scale}: time to collapse (steps; — = none within the horizon) / AUC / final `{metric}`\n")
+    print("| rung | horizon | " + " | ".join(f"seed {k}" for k in seeds) + " | collapsed |")
+    print("|---|---|" + "---|" * (len(seeds) + 1))
+    for st in settings:
+        H = horizon(raw, st, a.scale)
+        cells, n = [], 0
+        for k in seeds:
+            h = read_metrics_jsonl(a.out / f"setting~{st}" / f"seed~{k}" / "metrics.jsonl", {metric}).get(metric)
+            if not h:
+                cells.append("missing")
+                continue
+            t = time_to_collapse(h, frac, H)
+            n += bool(t and t[1])
+            cells.append(f"{t[0] if t and t[1] else '—'} / {auc(h, H):.2f} / {final_value(h, H):.2f}")
+        print(f"| {st} | {H} | " + " | ".join(cells) + f" | {n}/{len(seeds)} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
