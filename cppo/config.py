@@ -29,7 +29,6 @@ from typing import Any
 import yaml
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 class ConfigError(ValueError):
@@ -474,6 +473,8 @@ def resolve_sft(cfg: Config, scale: str, steps: int | None = None) -> SFTConfig:
 
 
 def validate_rl(rl: RLConfig) -> None:
+    from cppo.rules.aggregation import AGG_MODES  # the rules own the modes (torch: import on use)
+
     _require(rl.steps >= 0, f"rl.steps must be >= 0, got {rl.steps}")
     _require(rl.prompts_per_rollout >= 1, "rl.prompts_per_rollout must be >= 1")
     _require(rl.samples_per_prompt >= 2, "rl.samples_per_prompt must be >= 2 (group advantages need a group)")
@@ -490,7 +491,7 @@ def validate_rl(rl: RLConfig) -> None:
     _require(rl.temperature > 0, f"rl.temperature must be > 0, got {rl.temperature}")
     _require(0 < rl.top_p <= 1, f"rl.top_p must be in (0, 1], got {rl.top_p}")
     _require(rl.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1")
-    _require(rl.loss_agg in LOSS_AGG_MODES, f"rl.loss_agg must be one of {list(LOSS_AGG_MODES)}, got {rl.loss_agg!r}")
+    _require(rl.loss_agg in AGG_MODES, f"rl.loss_agg must be one of {list(AGG_MODES)}, got {rl.loss_agg!r}")
     _require(rl.topk >= 1, "rl.topk must be >= 1")
     _require(rl.eval_every >= 0 and rl.save_every >= 0, "rl.eval_every and rl.save_every must be >= 0")
     _require(rl.keep_checkpoints >= 1, "rl.keep_checkpoints must be >= 1")
