@@ -201,9 +201,10 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: Path, init: str, mlflow_run_id: str | None = None,
                  progress: bool = True):
-        from cppo.config import build_rule, resolve_device
+        from cppo.config import build_rule
         from cppo.models import load_model
         from cppo.tasks import get_task
+        from cppo.train.device import resolve_device
 
         self.run_cfg, self.rl, self.run_dir = run, run.rl, Path(run_dir)
         self.device = resolve_device(self.rl.device)  # before any work: a CUDA request without CUDA fails here
