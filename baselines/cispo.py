@@ -50,11 +50,11 @@ def cispo(batch: PolicyBatch, p: CISPOParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)
     adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
     with torch.no_grad():
-        lr = log_ratio.detach()
+        log_ratio_sg = log_ratio.detach()  # (B, T) sg(log ρ)
         lo = -math.inf if p.eps_low is None else math.log1p(-p.eps_low)
         hi = math.log1p(p.eps_high)
-        weight = lr.clamp(lo, hi).exp()  # clip(ρ, 1 − ε_low, 1 + ε_high), (B, T)
+        weight = log_ratio_sg.clamp(lo, hi).exp()  # clip(ρ, 1 − ε_low, 1 + ε_high), (B, T)
         kept = mask & (weight > 0)
-        limited = mask & ((lr < lo) | (lr > hi))
+        limited = mask & ((log_ratio_sg < lo) | (log_ratio_sg > hi))
     loss = masked_coef(kept, adv, weight) * logp  # −sg(clip(ρ)) Â log π
     return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, limited, terms=terms), limited=limited)

@@ -58,10 +58,10 @@ def dppo(batch: PolicyBatch, p: DPPOParams) -> RuleOutput:
     adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)
     div = token_divergence(batch, p.divergence, p.anchor, terms)  # (B, T), no grad
     with torch.no_grad():
-        lr = log_ratio.detach()
+        log_ratio_sg = log_ratio.detach()  # (B, T) sg(log ρ)
         hi = p.delta if p.delta_high is None else p.delta_high
         lo = p.delta if p.delta_low is None else p.delta_low
-        thr = torch.where(lr > 0, hi, lo) if hi != lo else hi
-        kept = batch.mask & (advantage_gate(adv, lr) | (div <= thr))  # (B, T)
+        thr = torch.where(log_ratio_sg > 0, hi, lo) if hi != lo else hi
+        kept = batch.mask & (advantage_gate(adv, log_ratio_sg) | (div <= thr))  # (B, T)
     loss = is_surrogate(adv, logp, log_ratio, kept, p.trunc_cap)
     return RuleOutput(loss=loss, kept=kept, metrics=shared_metrics(batch, kept, div=div, terms=terms), div=div)

@@ -55,10 +55,11 @@ def ppo_clip(batch: PolicyBatch, p: PPOClipParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)
     adv, log_ratio = terms.adv, terms.log_ratio  # (B, T)
     with torch.no_grad():
-        lr = log_ratio.detach()
-        clipped = ((adv > 0) & (lr > math.log1p(p.eps_high))) | ((adv < 0) & (lr < math.log1p(-p.eps_low)))
+        log_ratio_sg = log_ratio.detach()  # (B, T) sg(log ρ): the clip test takes no gradient
+        clipped = (((adv > 0) & (log_ratio_sg > math.log1p(p.eps_high)))
+                   | ((adv < 0) & (log_ratio_sg < math.log1p(-p.eps_low))))
         if p.dual_clip is not None:
-            clipped |= (adv < 0) & (lr > math.log(p.dual_clip))
+            clipped |= (adv < 0) & (log_ratio_sg > math.log(p.dual_clip))
         kept = batch.mask & ~clipped  # (B, T)
     ratio = log_ratio.exp()  # (B, T)
     loss = masked_coef(kept, adv) * ratio  # −Â r on kept tokens (the unclipped branch is active there)

@@ -10,8 +10,10 @@ profile's section, the chosen setting (``settings.<x>``), then ``--set`` overrid
 raw YAML before anything else, so they can touch any key, e.g. ``settings.stale.staleness=2``).
 Any ``rl``/``sft`` value may be a per-scale mapping ``{s: 150, m: 60}``; the run's scale picks.
 
-Validation happens here, before any work: unknown keys in typed sections, bad ranges, an unknown
-method, and rule parameters (through ``get_rule``, which raises a ValueError naming valid ones).
+Validation happens here, before any work: unknown keys in typed sections, bad ranges (each section
+checks its own: :meth:`RLConfig.validate`, :meth:`SFTConfig.validate`, as rule parameters do), an
+unknown method, and rule parameters (through ``get_rule``, which raises a ValueError naming valid ones).
+Whether a device is actually there is the trainer's check (:mod:`cppo.train.device`).
 A method name that is a registered rule with no ``methods`` entry resolves to that rule with its
 defaults, so every rule is runnable by name from any profile.
 """
@@ -31,7 +33,6 @@ import yaml
 from evals import defaults as eval_defaults  # the evaluation defaults live with the evaluation code
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 class ConfigError(ValueError):
@@ -97,6 +98,19 @@ class SFTConfig:
     """torch intra-op threads."""
     device: str = "cpu"
     """Where the model trains: ``cpu``, ``cuda``, ``cuda:N``, or ``auto`` (cuda when available, else cpu)."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first out-of-range value (the message names the key)."""
+        _require(self.batch_size >= 1, "sft.batch_size must be >= 1")
+        _require(self.lr > 0, "sft.lr must be > 0")
+        _require(self.max_steps >= 0, f"sft.max_steps must be >= 0, got {self.max_steps}")
+        _require(self.eval_every >= 1, "sft.eval_every must be >= 1")
+        _require(self.val_n >= 1, "sft.val_n must be >= 1")
+        _require(self.temperature > 0, "sft.temperature must be > 0")
+        _require(self.target_sampled_acc is None or 0 < self.target_sampled_acc <= 1,
+                 "sft.target_sampled_acc must be in (0, 1] or null")
+        _require(self.grad_clip is None or self.grad_clip > 0, "sft.grad_clip must be > 0 or null")
+        check_device(self.device, "sft.device")
 
 
 @dataclass
@@ -166,6 +180,41 @@ class RLConfig:
     device: str = "cpu"
     """Where model, optimizer state and rollout tensors live: ``cpu``, ``cuda``, ``cuda:N``, or ``auto``
     (cuda when available, else cpu). Not part of a run's identity: a run may resume on another device."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first out-of-range value (the message names the key)."""
+        from cppo.rules.aggregation import AGG_MODES  # the rules own the modes (torch: import on use)
+
+        _require(self.steps >= 0, f"rl.steps must be >= 0, got {self.steps}")
+        _require(self.prompts_per_rollout >= 1, "rl.prompts_per_rollout must be >= 1")
+        _require(self.samples_per_prompt >= 2, "rl.samples_per_prompt must be >= 2 (group advantages need a group)")
+        _require(1 <= self.updates_per_rollout <= self.prompts_per_rollout * self.samples_per_prompt,
+                 "rl.updates_per_rollout must be in [1, prompts_per_rollout * samples_per_prompt]")
+        _require(self.lr > 0, f"rl.lr must be > 0, got {self.lr}")
+        _require(self.grad_clip is None or self.grad_clip > 0,
+                 f"rl.grad_clip must be > 0 or null, got {self.grad_clip}")
+        _require(self.staleness >= 0, f"rl.staleness must be >= 0, got {self.staleness}")
+        _require(self.staleness_rollouts >= 0,
+                 f"rl.staleness_rollouts must be >= 0, got {self.staleness_rollouts}")
+        _require(not (self.staleness and self.staleness_rollouts),
+                 "rl.staleness (optimizer steps) and rl.staleness_rollouts (rollouts) are exclusive: set one")
+        _require(self.rollout_dtype in ROLLOUT_DTYPES,
+                 f"rl.rollout_dtype must be one of {list(ROLLOUT_DTYPES)}, got {self.rollout_dtype!r}")
+        _require(self.temperature > 0, f"rl.temperature must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, f"rl.top_p must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1")
+        _require(self.loss_agg in AGG_MODES,
+                 f"rl.loss_agg must be one of {list(AGG_MODES)}, got {self.loss_agg!r}")
+        _require(self.topk >= 1, "rl.topk must be >= 1")
+        _require(self.eval_every >= 0 and self.save_every >= 0, "rl.eval_every and rl.save_every must be >= 0")
+        _require(self.keep_checkpoints >= 1, "rl.keep_checkpoints must be >= 1")
+        _require(self.max_bad_steps >= 1, "rl.max_bad_steps must be >= 1")
+        _require(self.num_threads >= 1, "rl.num_threads must be >= 1")
+        _require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 "rl.betas must be two values in [0, 1)")
+        _require(self.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
+        _require(self.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
+        check_device(self.device, "rl.device")
 
 
 @dataclass
@@ -448,7 +497,7 @@ def resolve_run(cfg: Config, method: str, scale: str, seed: int, setting: str | 
     if steps is not None:
         rl_raw["steps"] = steps
     rl = _build(RLConfig, _pick_scale(rl_raw, scale, cfg.scales, "rl"), "rl")
-    validate_rl(rl)
+    rl.validate()
     return RunConfig(profile=cfg.profile, method=spec, scale=scale, seed=seed, setting=setting or "default",
                      task=cfg.task, model=dict(cfg.scales[scale]), rl=rl, eval=cfg.eval,
                      data_dir=cfg.data_dir, backend=cfg.backend, init=init)
@@ -462,72 +511,15 @@ def resolve_sft(cfg: Config, scale: str, steps: int | None = None) -> SFTConfig:
     if steps is not None:
         raw["max_steps"] = steps
     sft = _build(SFTConfig, _pick_scale(raw, scale, cfg.scales, "sft"), "sft")
-    _require(sft.batch_size >= 1, "sft.batch_size must be >= 1")
-    _require(sft.lr > 0, "sft.lr must be > 0")
-    _require(sft.max_steps >= 0, f"sft.max_steps must be >= 0, got {sft.max_steps}")
-    _require(sft.eval_every >= 1, "sft.eval_every must be >= 1")
-    _require(sft.val_n >= 1, "sft.val_n must be >= 1")
-    _require(sft.temperature > 0, "sft.temperature must be > 0")
-    _require(sft.target_sampled_acc is None or 0 < sft.target_sampled_acc <= 1,
-             "sft.target_sampled_acc must be in (0, 1] or null")
-    _require(sft.grad_clip is None or sft.grad_clip > 0, "sft.grad_clip must be > 0 or null")
-    check_device(sft.device, "sft.device")
+    sft.validate()
     return sft
 
 
-def validate_rl(rl: RLConfig) -> None:
-    _require(rl.steps >= 0, f"rl.steps must be >= 0, got {rl.steps}")
-    _require(rl.prompts_per_rollout >= 1, "rl.prompts_per_rollout must be >= 1")
-    _require(rl.samples_per_prompt >= 2, "rl.samples_per_prompt must be >= 2 (group advantages need a group)")
-    _require(1 <= rl.updates_per_rollout <= rl.prompts_per_rollout * rl.samples_per_prompt,
-             "rl.updates_per_rollout must be in [1, prompts_per_rollout * samples_per_prompt]")
-    _require(rl.lr > 0, f"rl.lr must be > 0, got {rl.lr}")
-    _require(rl.grad_clip is None or rl.grad_clip > 0, f"rl.grad_clip must be > 0 or null, got {rl.grad_clip}")
-    _require(rl.staleness >= 0, f"rl.staleness must be >= 0, got {rl.staleness}")
-    _require(rl.staleness_rollouts >= 0, f"rl.staleness_rollouts must be >= 0, got {rl.staleness_rollouts}")
-    _require(not (rl.staleness and rl.staleness_rollouts),
-             "rl.staleness (optimizer steps) and rl.staleness_rollouts (rollouts) are exclusive: set one")
-    _require(rl.rollout_dtype in ROLLOUT_DTYPES,
-             f"rl.rollout_dtype must be one of {list(ROLLOUT_DTYPES)}, got {rl.rollout_dtype!r}")
-    _require(rl.temperature > 0, f"rl.temperature must be > 0, got {rl.temperature}")
-    _require(0 < rl.top_p <= 1, f"rl.top_p must be in (0, 1], got {rl.top_p}")
-    _require(rl.max_new_tokens >= 1, "rl.max_new_tokens must be >= 1")
-    _require(rl.loss_agg in LOSS_AGG_MODES, f"rl.loss_agg must be one of {list(LOSS_AGG_MODES)}, got {rl.loss_agg!r}")
-    _require(rl.topk >= 1, "rl.topk must be >= 1")
-    _require(rl.eval_every >= 0 and rl.save_every >= 0, "rl.eval_every and rl.save_every must be >= 0")
-    _require(rl.keep_checkpoints >= 1, "rl.keep_checkpoints must be >= 1")
-    _require(rl.max_bad_steps >= 1, "rl.max_bad_steps must be >= 1")
-    _require(rl.num_threads >= 1, "rl.num_threads must be >= 1")
-    _require(len(rl.betas) == 2 and all(0 <= b < 1 for b in rl.betas), "rl.betas must be two values in [0, 1)")
-    _require(rl.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
-    _require(rl.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
-    check_device(rl.device, "rl.device")
-
-
 def check_device(spec: str, where: str = "rl.device") -> None:
-    """The syntax of a device setting (availability is checked by :func:`resolve_device`)."""
+    """The syntax of a device setting (availability is checked by :func:`cppo.train.device.resolve_device`,
+    when a run starts: validating a profile must not need torch or a GPU)."""
     _require(re.fullmatch(r"cpu|auto|cuda(:\d+)?", spec) is not None,
              f"{where} must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {spec!r}")
-
-
-def resolve_device(spec: str, where: str = "rl.device"):
-    """The ``torch.device`` of a device setting; raises ConfigError when it names CUDA and none is usable.
-
-    Called before any work (model loading, run folder), so a CPU-only machine fails fast and clearly.
-    """
-    import torch
-
-    check_device(spec, where)
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"{where}={spec!r} but CUDA is not available here (torch {torch.__version__}, "
-                              f"CUDA build: {torch.version.cuda or 'none'}); use cpu or auto")
-        index = int(spec.split(":")[1]) if ":" in spec else 0
-        if index >= torch.cuda.device_count():
-            raise ConfigError(f"{where}={spec!r} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-    return torch.device(spec)
 
 
 def dump_yaml(d: dict[str, Any], path: str | Path) -> None:

@@ -167,13 +167,13 @@ def test_minpro_prefix_min_excludes_current_token_and_padding():
     from baselines.minpro import log_prefix_min
 
     # ρ = [2, pad(0.01), 0.5, 3, 0.8] → m = [1, ·, 2, 0.5, 0.5]; w = m ρ = [2, ·, 1, 1.5, 0.4]
-    lr = torch.tensor([[2.0, 0.01, 0.5, 3.0, 0.8]], dtype=F64).log()
+    log_r = torch.tensor([[2.0, 0.01, 0.5, 3.0, 0.8]], dtype=F64).log()
     mask = torch.tensor([[True, False, True, True, True]])
-    m = log_prefix_min(lr, mask).exp()
+    m = log_prefix_min(log_r, mask).exp()
     close(m[0, [0, 2, 3, 4]], [1.0, 2.0, 0.5, 0.5])
     # left padding: the first response token still has m = 1
-    lr2 = torch.tensor([[0.01, 0.01, 3.0, 2.0]], dtype=F64).log()
-    m2 = log_prefix_min(lr2, torch.tensor([[False, False, True, True]])).exp()
+    log_r2 = torch.tensor([[0.01, 0.01, 3.0, 2.0]], dtype=F64).log()
+    m2 = log_prefix_min(log_r2, torch.tensor([[False, False, True, True]])).exp()
     close(m2[0, 2:], [1.0, 3.0])
 
 

@@ -85,10 +85,10 @@ def test_topk_swap_correction_matches_explicit_replacement(anchor):
 
 
 def test_kl_estimators():
-    lr = torch.tensor([0.0, 0.5, -1.0], dtype=F64)
-    torch.testing.assert_close(k1(lr), -lr)
-    torch.testing.assert_close(k2(lr), torch.tensor([0.0, 0.125, 0.5], dtype=F64))
-    torch.testing.assert_close(k3(lr), torch.tensor([0.0, math.exp(0.5) - 1.5, math.exp(-1) - 1 + 1], dtype=F64))
+    log_r = torch.tensor([0.0, 0.5, -1.0], dtype=F64)
+    torch.testing.assert_close(k1(log_r), -log_r)
+    torch.testing.assert_close(k2(log_r), torch.tensor([0.0, 0.125, 0.5], dtype=F64))
+    torch.testing.assert_close(k3(log_r), torch.tensor([0.0, math.exp(0.5) - 1.5, math.exp(-1) - 1 + 1], dtype=F64))
     with pytest.raises(ValueError, match="divergence"):
         token_divergence(random_batch(), "tv")
 

@@ -1,4 +1,5 @@
-"""CPPO against a literal per-position loop of the paper's Algorithm 1, plus its reductions and options."""
+"""CPPO against the literal per-position loop of the paper's Algorithm 1 (cppo.rules.reference), plus its
+reductions and options."""
 
 from __future__ import annotations
 
@@ -11,56 +12,10 @@ import torch
 
 from cppo.rules import PolicyBatch, get_rule
 from cppo.rules.cppo import CPPOParams, position_weights
-from cppo.rules.divergence import token_divergence
+from cppo.rules.reference import reference_cppo
 from cppo.rules.testing import random_batch
 
 F64 = torch.float64
-
-
-def reference_cppo(batch: PolicyBatch, p: dict):
-    """Algorithm 1 written as loops over rows and positions (float64, numpy); returns (kept, weight, loss_grad).
-
-    `loss_grad[b, t]` is the gradient of the summed loss w.r.t. log π_t.
-    """
-    q = CPPOParams(**p)
-    D = token_divergence(batch, q.divergence, q.anchor).double().numpy()
-    mask = batch.mask.numpy()
-    lp = batch.logp.detach().double().numpy()
-    ref = (batch.rollout_logp if q.anchor == "rollout" else batch.old_logp).double().numpy()
-    A = batch.advantages.double().numpy()
-    B, T = mask.shape
-    kept = np.zeros((B, T), dtype=bool)
-    weight = np.zeros((B, T))
-    grad = np.zeros((B, T))
-    for b in range(B):
-        ts = [t for t in range(T) if mask[b, t]]
-        L = len(ts)
-        if L == 0:
-            continue
-        H = L if q.horizon == "response" else (q.max_horizon or T)
-        d_b = q.delta_b
-        if q.delta_b_mode == "p90":
-            d_b = min(2 * q.delta_b, max(q.delta_b, float(np.percentile([D[b, t] for t in ts], 90))))
-        S = W = 0.0
-        for i, t in enumerate(ts):  # i = t − 1 in the paper's 1-based notation
-            w = 1.0 if q.ablation == "no_position_weight" else 1 - (1 - q.w_min) * i / max(H - 1, 1)
-            Z = w * D[b, t]
-            c = q.delta if q.ablation == "no_prefix_budget" else min(q.delta, q.delta + d_b * W - S)
-            rho = math.exp(lp[b, t] - ref[b, t])
-            gate = A[b, t] * (rho - 1) <= 0
-            ok = gate or Z <= c
-            if q.mask_mode == "hard":
-                g = 1.0 if ok else 0.0
-            else:
-                x = Z / q.delta if q.ablation == "no_prefix_budget" else max(Z / q.delta, (S + Z) / (q.delta + d_b * W))
-                g = 1.0 if ok else min(1.0, 1.0 / x)
-            kept[b, t] = g > 0
-            weight[b, t] = g
-            cap = rho if q.trunc_cap is None else min(rho, q.trunc_cap)
-            grad[b, t] = -g * A[b, t] * cap  # d/dlogπ of −g Â ρ  or  −g Â sg(min(ρ, C)) log π
-            S += Z
-            W += w
-    return kept, weight, grad
 
 
 SETTINGS = [

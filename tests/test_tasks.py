@@ -116,6 +116,15 @@ def test_get_task_chain_splits():
     assert task.K == 6
     assert len(task.eval_split("chain_ood", 3)[0]["solution"]) == 9
     assert len(task.sample(0, 4)) == 4
+    assert task.eval_splits(["chain_id", "chain_ood"]) == ["chain_id", "chain_ood"]  # the configured ones
+    assert get_task({"name": "chain"}, data_dir="/nowhere").K == 24  # chain reads no files: ignored
+
+
+def test_math_task_takes_data_dir_and_evaluates_its_test_files(tmp_path):
+    task = get_task({"name": "math", "test_files": ["gsm8k", "math500"]}, data_dir=str(tmp_path))
+    assert task.data_dir == str(tmp_path)
+    assert task.eval_splits(["chain_id"]) == ["gsm8k", "math500"]  # rl.eval_splits names chain splits
+    assert get_task({"name": "math", "data_dir": "d"}).data_dir == "d"
 
 
 def test_random_guessing_scores_about_one_in_m():

@@ -9,7 +9,8 @@ import pytest
 import torch
 import yaml
 
-from cppo.config import ConfigError, config_from_dict, resolve_device, resolve_run, resolve_sft
+from cppo.config import ConfigError, config_from_dict, resolve_run, resolve_sft
+from cppo.train.device import resolve_device
 
 CFG = {
     "profile": "unit",

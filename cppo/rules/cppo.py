@@ -16,7 +16,8 @@ Combined (Algorithm 1 of the paper):
     loss_t = −M_t Â_t sg(min(ρ_t, C)) log π_t      (C = 20; C = None gives −M_t Â_t ρ_t)
 
 Design decisions (each a parameter; docs/methods.md §CPPO states them):
-- Vectorised: S_{t−1}, W_{t−1} are a cumsum shifted right by one step; no Python loop over positions.
+- Vectorised: S_{t−1}, W_{t−1} are a cumsum shifted right by one step; no Python loop over positions
+  (`cppo.rules.reference.reference_cppo` is the per-position loop this must equal; the tests compare them).
   t counts response tokens only, so left- and right-padded batches give the same result.
 - `horizon`: T is the response's own length (`response`, default) or a fixed maximum length (`max`:
   `max_horizon`, else the batch's padded width, as one public implementation does). For T = 1, w_1 = 1.

@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from cppo.rules.divergence import binary_tv, compute_dtype, k3
+from cppo.rules.divergence import LOG_RATIO_CLAMP, binary_tv, compute_dtype, k3
 from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
 METRIC_NAMES: tuple[str, ...] = (
@@ -71,7 +71,7 @@ def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] =
         mu, log_rho = terms.ref_logp, terms.log_ratio.detach()
     else:
         mu = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
-        log_rho = (logp - mu).clamp(-20.0, 20.0)
+        log_rho = (logp - mu).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
     old = torch.where(mask, batch.old_logp.to(dt), 0.0)
     if limited is None:
         limited = mask & ~kept
@@ -95,7 +95,7 @@ def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] =
         "div_mean": _frac(div.sum(), n_tok),
         "div_max": div.max(),  # D ≥ 0 and 0 on padding
         "k3_pi_mu": _frac((rho_all - 1.0 - log_rho).sum(), n_tok),  # k3; 0 on padding
-        "k3_old_mu": _frac(k3((old - mu).clamp(-20.0, 20.0)).sum(), n_tok),
+        "k3_old_mu": _frac(k3((old - mu).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).sum(), n_tok),
         "ratio_max": rho.max(),  # ρ > 0 on response tokens, 0 on padding
         "ess": rho.sum().square() / (n_tok * rho.square().sum()).clamp_min(1e-30),
     }

@@ -1,12 +1,15 @@
 """Verifiable tasks: the synthetic chain-arithmetic task and the real math path.
 
-``get_task(cfg)`` builds the task named by a config's ``task`` section (a mapping or a typed
-``TaskConfig``). Every task exposes ``sample(rng, n)`` (rows with ``id``, ``problem``, ``answer``,
-``solution``), ``rewards(responses, answers, stopped)`` and ``eval_split(name, n, seed)``.
+``get_task(cfg, data_dir)`` builds the task named by a config's ``task`` section (a mapping or a
+typed ``TaskConfig``). Every task exposes ``sample(rng, n)`` (rows with ``id``, ``problem``,
+``answer``, ``solution``), ``rewards(responses, answers, stopped)``, ``eval_split(name, n, seed)``
+and ``eval_splits(configured)``, the splits the trainer evaluates periodically. Task-specific
+choices live on the task objects, so the trainer never asks which task it has.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -27,12 +30,22 @@ class ChainTaskWithSplits(ChainTask):
         return make_split(name, n, seed=seed, K=self.K, modulus=self.modulus, ood_K=self.ood_K,
                           op_format=self.op_format, max_operand=self.max_operand)
 
+    def eval_splits(self, configured: Sequence[str]) -> list[str]:
+        """The periodic evaluation splits: the configured chain splits (``rl.eval_splits``)."""
+        return list(configured)
 
-def get_task(cfg: Any):
-    """Build a task from its config section: ``{name: chain, K, modulus, ood_K}`` or ``{name: math, ...}``."""
+
+def get_task(cfg: Any, data_dir: str | None = None):
+    """Build a task from its config section: ``{name: chain, K, modulus, ood_K}`` or ``{name: math, ...}``.
+
+    ``data_dir`` is the profile's benchmark data folder (``CPPO_DATA_DIR`` wins over it); a task that
+    reads no files (chain) ignores it. When None, a ``data_dir`` key of ``cfg`` is used.
+    """
     if is_dataclass(cfg):
         cfg = asdict(cfg)
     cfg = dict(cfg or {})
+    if data_dir is not None:
+        cfg["data_dir"] = data_dir
     name = cfg.pop("name", "chain")
     if name == "chain":
         return ChainTaskWithSplits(K=int(cfg.get("K", 24)), modulus=int(cfg.get("modulus", 10)),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import random
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -81,6 +82,11 @@ class MathTask:
         if rows is None:
             raise ValueError(f"math task: no {name}.jsonl in the data directory")
         return [self._format(r) for r in rows]
+
+    def eval_splits(self, configured: Sequence[str]) -> list[str]:
+        """The periodic evaluation splits: this task's ``test_files`` (``rl.eval_splits`` names chain
+        splits, so it is not used here)."""
+        return list(self.test_files)
 
     # ------------------------------------------------------------------ reward
     def _executor(self) -> ProcessPoolExecutor:

@@ -48,6 +48,12 @@ from cppo.train.rollout import HFEngine, RolloutBatch, get_engine, left_pad
 
 # rule metrics aggregated by max over mini-batches (others: mean)
 _MAX_METRICS = {"div_max", "ratio_max"}
+# periodic evaluation samples with seed·EVAL_SEED_STRIDE + step: a reproducible stream per (seed, step),
+# distinct for every pair as long as step < EVAL_SEED_STRIDE
+EVAL_SEED_STRIDE = 100_003
+# the mini-batch shuffling stream is seeded run.seed + SHUFFLE_SEED_OFFSET, so that it is not the
+# same torch stream as rollout sampling (seeded run.seed)
+SHUFFLE_SEED_OFFSET = 1
 
 
 @dataclass
@@ -190,7 +196,8 @@ def evaluate(engine: HFEngine, task, splits: list[str], n: int, temperature: flo
             if mode not in modes:
                 continue
             gen = torch.Generator().manual_seed(seed)
-            rb = engine.generate(prompts, 1, limit, temp, 1.0, None, gen)
+            rb = engine.generate(prompts, n=1, max_new_tokens=limit, temperature=temp, top_p=1.0, topk=None,
+                                 generator=gen)
             r = task.rewards(rb.texts, answers, rb.finished.tolist())
             out[f"eval/{split}/{mode}_acc"] = sum(r) / max(len(r), 1)
     return out
@@ -201,16 +208,17 @@ class Trainer:
 
     def __init__(self, run: RunConfig, run_dir: Path, init: str, mlflow_run_id: str | None = None,
                  progress: bool = True):
-        from cppo.config import build_rule, resolve_device
+        from cppo.config import build_rule
         from cppo.models import load_model
         from cppo.tasks import get_task
+        from cppo.train.device import resolve_device
 
         self.run_cfg, self.rl, self.run_dir = run, run.rl, Path(run_dir)
         self.device = resolve_device(self.rl.device)  # before any work: a CUDA request without CUDA fails here
         torch.set_num_threads(self.rl.num_threads)
         ckpt.seed_everything(run.seed)
         self.rule = build_rule(run.method)
-        self.task = get_task({**vars(run.task), "data_dir": run.data_dir} if run.task.name == "math" else vars(run.task))
+        self.task = get_task(run.task, data_dir=run.data_dir)
         self.model, self.tok = load_model(init)
         if getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager"):
             self.model.config._attn_implementation = self.rl.attn_implementation
@@ -229,7 +237,7 @@ class Trainer:
         # whatever the device (engines derive device generators from them), so a checkpoint resumes anywhere.
         self.prompt_rng = random.Random(run.seed)
         self.sample_gen = torch.Generator().manual_seed(run.seed)
-        self.shuffle_gen = torch.Generator().manual_seed(run.seed + 1)
+        self.shuffle_gen = torch.Generator().manual_seed(run.seed + SHUFFLE_SEED_OFFSET)
         # μ's lagged weights; history[0] is what μ samples with. `staleness` k: the weights after each of
         # the last k optimizer steps; `staleness_rollouts` k: the weights at the start of each of the last
         # k rollout steps (the first entry is the initial weights until k rollouts have passed)
@@ -283,7 +291,11 @@ class Trainer:
             ckpt.atomic_write_text(self.run_dir / "mlflow_logged_step", f"{self.step}\n")
 
     def _resume(self) -> bool:
-        """Restore the newest complete step checkpoint; returns True when one was found."""
+        """Continue from the newest complete step checkpoint; returns True when one was found.
+
+        Three steps: restore the trainer's state, drop the log lines the killed process wrote past
+        the checkpoint (they are recomputed), and hand MLflow what it had not received up to it.
+        """
         found = ckpt.step_dirs(self.run_dir / "checkpoints")
         if not found:
             # a fresh start: drop files of a run killed before its first checkpoint
@@ -291,6 +303,14 @@ class Trainer:
                 (self.run_dir / name).unlink(missing_ok=True)
             return False
         step, path = found[-1]
+        self._restore(path)
+        self._truncate_logs(step)
+        self._relog_mlflow(step)
+        return True
+
+    def _restore(self, path: Path) -> None:
+        """Weights, optimizer moments, μ's weight history, random streams, counters and the profile of
+        the checkpoint at ``path``."""
         from transformers import AutoModelForCausalLM
 
         weights = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
@@ -303,25 +323,31 @@ class Trainer:
                            cuda=self.device.type == "cuda")
         self.counters, self.step, self.stopped_reason = dict(st["counters"]), st["step"], st["stopped_reason"]
         self.profile.load(st["profile"])
-        # metrics after the checkpoint were computed by the killed process: drop them (recomputed now)
+
+    def _truncate_logs(self, step: int) -> None:
+        """Drop the metrics/perf lines after ``step``: the killed process computed them, this one redoes them."""
         for name in ("metrics.jsonl", "perf.jsonl"):
             p = self.run_dir / name
             if p.exists():
                 keep = [ln for ln in p.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
                 ckpt.atomic_write_text(p, "".join(ln + "\n" for ln in keep))
-        # MLflow: re-log what the killed process checkpointed but did not flush (never more)
-        if self.buffer is not None:
-            lp = self.run_dir / "mlflow_logged_step"
-            logged = int(lp.read_text()) if lp.exists() else -1
-            if logged < step:
-                for name in ("metrics.jsonl", "perf.jsonl"):
-                    p = self.run_dir / name
-                    for ln in (p.read_text().splitlines() if p.exists() else []):
-                        rec = json.loads(ln)
-                        if logged < rec["step"] <= step:
-                            self.buffer.add(rec.pop("step"), rec)
-                self._flush_mlflow()
-        return True
+
+    def _relog_mlflow(self, step: int) -> None:
+        """Send MLflow the logged steps up to ``step`` that the killed process checkpointed but did not
+        flush (never more, so no step is logged twice)."""
+        if self.buffer is None:
+            return
+        lp = self.run_dir / "mlflow_logged_step"
+        logged = int(lp.read_text()) if lp.exists() else -1
+        if logged >= step:
+            return
+        for name in ("metrics.jsonl", "perf.jsonl"):
+            p = self.run_dir / name
+            for ln in (p.read_text().splitlines() if p.exists() else []):
+                rec = json.loads(ln)
+                if logged < rec["step"] <= step:
+                    self.buffer.add(rec.pop("step"), rec)
+        self._flush_mlflow()
 
     # ------------------------------------------------------------------ one rollout step
     def rollout(self) -> tuple[RolloutBatch, list[dict]]:
@@ -331,9 +357,10 @@ class Trainer:
         if self.rl.staleness_rollouts > 0 and self.step > 0:
             self.history.append(_clone_state(self.model))  # the weights at the start of this rollout step
         self.engine.sync_weights(self.history[0] if self.lag > 0 else self.model)
-        rb = self.engine.generate([r["problem"] for r in rows], self.rl.samples_per_prompt, self.rl.max_new_tokens,
-                                  self.rl.temperature, self.rl.top_p,
-                                  self.rl.topk if self.rule.needs_topk else None, self.sample_gen)
+        rb = self.engine.generate([r["problem"] for r in rows], n=self.rl.samples_per_prompt,
+                                  max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
+                                  top_p=self.rl.top_p, topk=self.rl.topk if self.rule.needs_topk else None,
+                                  generator=self.sample_gen)
         return rb, rows
 
     def update(self, sb: SequenceBatch) -> dict[str, float]:
@@ -425,9 +452,9 @@ class Trainer:
         return m, perf
 
     def evaluate(self) -> dict[str, float]:
-        splits = self.rl.eval_splits if self.run_cfg.task.name == "chain" else list(self.run_cfg.task.test_files)
-        return evaluate(self.eval_engine, self.task, splits, self.rl.eval_n, self.rl.temperature,
-                        self.rl.max_new_tokens, seed=self.run_cfg.seed * 100_003 + self.step)
+        return evaluate(self.eval_engine, self.task, self.task.eval_splits(self.rl.eval_splits), self.rl.eval_n,
+                        self.rl.temperature, self.rl.max_new_tokens,
+                        seed=self.run_cfg.seed * EVAL_SEED_STRIDE + self.step)
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict[str, Any]:

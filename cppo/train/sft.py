@@ -47,8 +47,8 @@ def run_sft(cfg: Config, scale: str, sft: SFTConfig, out_dir: str | Path, progre
 
     from cppo.models import build_model, build_tokenizer, n_params, save_checkpoint
     from cppo.tasks import get_task
-    from cppo.config import resolve_device
     from cppo.train.checkpoint import atomic_write_json, seed_everything
+    from cppo.train.device import resolve_device
     from cppo.train.rl import evaluate
     from cppo.train.rollout import HFEngine
 

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    from cppo.config import ConfigError, load_config, resolve_device, resolve_sft
+    from cppo.config import ConfigError, load_config, resolve_sft
+    from cppo.train.device import resolve_device
 
     try:
         cfg = load_config(args.config, args.set)

@@ -60,7 +60,8 @@ def _identity(resolved: dict) -> dict:
 
 
 def main(args) -> int:
-    from cppo.config import ConfigError, load_config, resolve_device, resolve_run
+    from cppo.config import ConfigError, load_config, resolve_run
+    from cppo.train.device import resolve_device
 
     try:
         cfg = load_config(args.config, args.set)

@@ -38,7 +38,8 @@ import traceback
 
 import torch
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+from cppo.rules.aggregation import AGG_MODES
+
 TOL = 1e-9  # float64 throughout
 
 
