@@ -80,6 +80,7 @@ def main(args) -> int:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
     profile = cfg["profile"]
+    prov = tracking.provenance()  # before writing: the committed outputs being replaced are not "changes"
     out = Path(args.out or f"{args.results_root}/{profile}")
     rs = report_settings(cfg)
     if args.bootstrap:
@@ -158,7 +159,7 @@ def main(args) -> int:
     text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
-                         provenance=tracking.provenance(), figures=figures, stab=stab, reference=reference,
+                         provenance=prov, figures=figures, stab=stab, reference=reference,
                          horizons=horizons, notes=[str(n) for n in (cfg.get("report") or {}).get("notes") or []])
     (out / "summary.md").write_text(text)
     with open(out / "config.yaml", "w") as fh:

@@ -149,13 +149,13 @@ def frontier_figure(stab, methods: list[str], settings: list[str], scale: str, o
     panels = [("collapsed", "collapse fraction (Wilson 95%)"),
               ("time_to_collapse", f"time to collapse (restricted mean, steps ≤ {horizon or 'H'})"),
               ("auc", "area under greedy accuracy / horizon"), ("final", "final greedy accuracy")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.4), squeeze=False)
     width = 0.3
     lines = [(m, colors[m], (i - (len(methods) - 1) / 2) * width / max(len(methods) - 1, 1))
              for i, m in enumerate(methods)]
     if reference:
         lines.append((reference[1], "black", 0.0))
-    for ax, (key, title) in zip(axes[0], panels):
+    for ax, (key, title) in zip(axes.flat, panels):
         for m, color, dx in lines:
             is_ref = reference is not None and color == "black"
             xs, ys, los, his = [], [], [], []
@@ -190,7 +190,7 @@ def frontier_figure(stab, methods: list[str], settings: list[str], scale: str, o
             ax.set_ylim(-0.05, 1.05)
     h, lab = axes[0][0].get_legend_handles_labels()
     if h:
-        fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 6), fontsize=8, bbox_to_anchor=(0.5, -0.04))
+        fig.legend(h, lab, loc="lower center", ncol=min(len(lab), 5), fontsize=8, bbox_to_anchor=(0.5, 0.0))
     fig.suptitle(f"Stability frontier: scale {scale} (mean over seeds with 95% intervals)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     return _save(fig, out, f"frontier_scale-{scale}")

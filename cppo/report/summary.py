@@ -252,10 +252,10 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
               "beyond the bootstrap intervals is made.",
               "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
               "specifies), so a difference between settings cannot be attributed to either alone."
-              if {"fresh", "stale"} <= set(settings) else "",
+              if {"fresh", "stale"} <= set(settings) else None,
               "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
               "horizon: a method that never collapses and one that collapses just after the horizon look alike."
-              if stab else "",
+              if stab else None,
               ""]
     if figures:
         lines += ["## Figures", ""] + [f"- [{f}](figures/{f})" for f in figures] + [""]
