@@ -176,7 +176,8 @@ def provenance() -> dict[str, str]:
     Versions are read from package metadata, so this never imports torch or transformers.
     """
     commit = _git("rev-parse", "HEAD") or "unknown"
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # outputs under results/ (committed summaries being re-made) are not changes to the code or configs
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     info = {
         "git_commit": commit,
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),

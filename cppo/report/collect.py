@@ -34,6 +34,8 @@ class RunRecord:
     """The trainer's `done` marker (final step, stop reason, counters); None if unfinished."""
     start_ms: int | None = None
     end_ms: int | None = None
+    git_commit: str | None = None
+    """The commit the run was trained at (its MLflow tag), when known."""
     source: str = "missing"
     """mlflow | files | missing"""
 
@@ -117,6 +119,7 @@ def collect(cfg: dict, cells: list[Cell], metric_keys: set[str], root: Path | st
         if run is not None:
             rec.run_id, rec.source = run.info.run_id, "mlflow"
             rec.start_ms, rec.end_ms = run.info.start_time, run.info.end_time
+            rec.git_commit = run.data.tags.get("git_commit")
             for key in sorted(metric_keys):
                 if tracking.sanitize_key(key) in run.data.metrics:
                     rec.histories[key] = tracking.metric_history(rec.run_id, key)

@@ -122,6 +122,12 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
              + (f", the on-policy rung `{reference[0]}` trained with {reference[1]} only" if reference else "")
              + f" = {n_total} runs; {n_done} finished, {n_eval} evaluated on {', '.join(benchmarks) or 'nothing'}.",
              f"- Pipeline wall time (first job start → last run evaluated): **{_dur(wall_s)}**."]
+    commits = defaultdict(int)
+    for r in records:
+        if r.git_commit:
+            commits[r.git_commit[:10]] += 1
+    if commits:
+        lines.append("- Runs trained at commit " + ", ".join(f"`{c}` ({n} runs)" for c, n in commits.items()) + ".")
     durs = [(r.end_ms - r.start_ms) / 1000 for r in records if r.start_ms and r.end_ms and r.end_ms > r.start_ms]
     if durs:
         by_scale = defaultdict(list)
