@@ -45,7 +45,9 @@ class TaskConfig:
     name: str = "chain"
     """Task: ``chain`` (synthetic chain arithmetic) or ``math`` (JSONL prompts, math-verify reward)."""
     K: int = 24
-    """chain: operations per problem (training and ``chain_id``)."""
+    """chain: operations per problem (training and ``chain_id``); with ``K_min``, the longest chain."""
+    K_min: int | None = None
+    """chain: variable lengths, each problem draws its length from [K_min, K] (null: always K)."""
     modulus: int = 10
     """chain: arithmetic modulus (values are single characters)."""
     ood_K: int | None = None

@@ -117,6 +117,7 @@ def process_docs(name: str, dataset, template: str = "base", tokenizer: Any = No
             doc = normalize_doc(bench, row, i)
         if bench.kind == "chain":  # the scorer needs the split's chain shape
             doc["K"], doc["modulus"] = int(row.get("K", len(doc["solution"]))), int(row.get("modulus", 10))
+            doc["K_min"] = int(row.get("K_min") or 0)  # 0: one fixed length
         doc["prompt"] = make_prompt(bench, doc, template, tokenizer, base_template)
         docs.append(doc)
     import datasets  # lm-eval reads .features of the evaluation docs
@@ -125,15 +126,16 @@ def process_docs(name: str, dataset, template: str = "base", tokenizer: Any = No
 
 
 def chain_dataset(benchmark: str, K: int = 24, modulus: int = 10, ood_K: int | None = None, n_test: int = 256,
-                  seed: int = 0, max_operand: int | None = None, op_format: str | None = None, **_: Any) -> dict:
+                  seed: int = 0, max_operand: int | None = None, op_format: str | None = None,
+                  K_min: int | None = None, **_: Any) -> dict:
     """lm-eval ``custom_dataset``: the generated chain split, as ``{"test": rows}``."""
     bench = get_benchmark(benchmark)
     chain = ChainSettings(K=K, modulus=modulus, ood_K=ood_K, n_test=n_test, seed=seed, max_operand=max_operand,
-                          op_format=op_format)
+                          op_format=op_format, K_min=K_min)
     rows = load_docs(bench, chain=chain)
     task = chain.task_for(bench.chain_split)
     for r in rows:
-        r["K"], r["modulus"] = task.K, task.modulus
+        r["K"], r["modulus"], r["K_min"] = task.K, task.modulus, task.K_min or 0
     import datasets
 
     return {"test": datasets.Dataset.from_list(rows)}
@@ -156,7 +158,7 @@ def score_doc(doc: dict, responses: list[str]) -> list[ScoredSample]:
     chain = None
     if bench.kind == "chain":  # the doc carries its split's own length (ood_K for chain_ood)
         k = int(doc["K"])
-        chain = ChainSettings(K=k, ood_K=k, modulus=int(doc["modulus"]))
+        chain = ChainSettings(K=k, ood_K=k, modulus=int(doc["modulus"]), K_min=int(doc.get("K_min") or 0) or None)
     return scorer_for(bench, chain)(list(responses), [doc["answer"]] * len(responses))
 
 
@@ -229,7 +231,7 @@ def task_config(bench: Benchmark, settings: EvalSettings, tm, tokenizer: Any = N
     if bench.kind == "chain":
         c = settings.chain
         n_test = min(c.n_test, settings.limit) if settings.limit else c.n_test  # a split's prefix is stable
-        metadata.update(K=c.K, modulus=c.modulus, ood_K=c.ood_K, n_test=n_test, seed=c.seed, **c.task_kwargs())
+        metadata.update(K=c.K, modulus=c.modulus, ood_K=c.ood_K, n_test=n_test, seed=c.seed, **c.split_kwargs())
         cfg["process_docs"] = functools.partial(process_docs, bench.name, source="chain")
         extra = "".join(f", {k}={v}" for k, v in c.task_kwargs().items())
         source = f"generated:{bench.chain_split}(K={c.K}, modulus={c.modulus}, ood_K={c.ood_K}, n_test={n_test}, seed={c.seed}{extra})"

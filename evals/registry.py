@@ -162,23 +162,30 @@ class ChainSettings:
     """largest |d| of an operation (None: the chain task's default)"""
     op_format: str | None = None
     """spelling of the operations, ``char`` | ``sign`` (None: the chain task's default)"""
+    K_min: int | None = None
+    """variable lengths: chain_id/chain_val draw each length from [K_min, K] (None: always K)"""
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> ChainSettings:
         """From a resolved profile config (its ``task`` mapping); defaults when absent."""
         task = (cfg or {}).get("task") or {}
-        keys = ("K", "modulus", "ood_K", "n_test", "max_operand", "op_format")
+        keys = ("K", "modulus", "ood_K", "n_test", "max_operand", "op_format", "K_min")
         return cls(**{k: task[k] for k in keys if task.get(k) is not None})
 
     def task_kwargs(self) -> dict:
         """The optional ChainTask/make_split keyword arguments that are set."""
         return {k: v for k, v in (("max_operand", self.max_operand), ("op_format", self.op_format)) if v is not None}
 
+    def split_kwargs(self) -> dict:
+        """`task_kwargs` plus the variable-length setting, for `make_split`."""
+        return {**self.task_kwargs(), **({"K_min": self.K_min} if self.K_min is not None else {})}
+
     def task_for(self, split: str):
         from cppo.tasks.chain import ChainTask
 
         k = (self.ood_K or self.K + 8) if split == "chain_ood" else self.K
-        return ChainTask(K=k, modulus=self.modulus, **self.task_kwargs())
+        k_min = self.K_min if split != "chain_ood" else None
+        return ChainTask(K=k, modulus=self.modulus, K_min=k_min, **self.task_kwargs())
 
 
 # --------------------------------------------------------------------------- loading
@@ -258,7 +265,7 @@ def load_docs(bench: Benchmark, data_dir: str | Path | None = None, limit: int |
 
         c = chain or ChainSettings()
         n = min(c.n_test, limit) if limit else c.n_test
-        rows = make_split(bench.chain_split, n, seed=c.seed, K=c.K, modulus=c.modulus, ood_K=c.ood_K, **c.task_kwargs())
+        rows = make_split(bench.chain_split, n, seed=c.seed, K=c.K, modulus=c.modulus, ood_K=c.ood_K, **c.split_kwargs())
         return [{**normalize_doc(bench, r, i), "benchmark": bench.name} for i, r in enumerate(rows)]
     path = local_path(bench, data_dir)
     if path is not None:
@@ -381,7 +388,9 @@ def scorer_for(bench: Benchmark, chain: ChainSettings | None = None) -> Callable
                 last = r.strip()[-1:]
                 # the answer a response commits to: its last value, if it is well formed at all
                 # (exactly K value characters: the reward with its own last value as gold is 1)
-                extracted = last if last and task.reward(r, last) == 1.0 else None
+                # (with variable lengths the gold is the whole solution: well formed = its length)
+                own = (g.strip()[:-1] + last) if task.K_min is not None else last
+                extracted = last if last and task.reward(r, own) == 1.0 else None
                 out.append(ScoredSample(r, extracted, task.reward(r, g) == 1.0))
             return out
 

@@ -168,3 +168,60 @@ def test_math_rewards_use_math_verify_in_workers():
         assert task.rewards(["\\boxed{4}"], ["4"]) == [1.0]
     finally:
         task.close()
+
+
+# --------------------------------------------------------------------------- variable lengths (long horizon)
+def test_variable_length_chains_pad_the_prompt_and_vary_within_a_batch():
+    t = ChainTask(K=12, K_min=3)
+    row = t.make_problem(7, [3, -5, 2])  # k = 3 of at most 12
+    assert row["problem"] == "7CeB" + "." * 9 + "=" and row["solution"] == "057" and row["answer"] == "057"
+    assert parse_problem(row["problem"]) == (7, [3, -5, 2])
+    # op i sits K + 1 positions before response value i, whatever k is
+    seq = row["problem"] + row["solution"]
+    assert all(seq[len(row["problem"]) + i - 13] == "CeB"[i] for i in range(3))
+    rows = ChainTask(K=100, K_min=20).sample(random.Random(0), 64)
+    lens = [len(r["solution"]) for r in rows]
+    assert min(lens) >= 20 and max(lens) <= 100 and len(set(lens)) > 20  # lengths vary within one batch
+    assert {len(r["problem"]) for r in rows} == {102}  # prompts are all padded to K operations
+    for r in rows[:8]:
+        start, ops = parse_problem(r["problem"])
+        assert "".join(str(v) for v in solve(start, ops, 10)) == r["solution"]
+    with pytest.raises(ValueError, match="expected 3..12 operations"):
+        t.make_problem(1, [1, 1])
+    with pytest.raises(ValueError, match="K_min must be in"):
+        ChainTask(K=5, K_min=6)
+
+
+@pytest.mark.parametrize("response, expected", [
+    ("041", 1.0),       # the right length and the right last value
+    (" 041\n", 1.0),    # surrounding whitespace is ignored
+    ("049", 0.0),       # wrong last value
+    ("04", 0.0),        # too short: the length comes from the answer, not from K
+    ("0411", 0.0),      # too long (continued past the chain's end, e.g. into the padding)
+    ("04.", 0.0),       # a padding character is not a value
+    ("0 41", 0.0),      # malformed
+    ("", 0.0),
+])
+def test_variable_length_reward_reads_the_length_from_the_answer(response, expected):
+    assert ChainTask(K=12, K_min=3).reward(response, "041") == expected
+
+
+def test_variable_length_reward_needs_a_stop_and_a_gold():
+    t = ChainTask(K=12, K_min=3)
+    assert t.reward("041", "041", stopped=False) == 0.0
+    assert t.reward("041", "") == 0.0
+    assert t.rewards(["041", "04"], ["041", "04"], [True, True]) == [1.0, 1.0]
+
+
+def test_variable_length_splits_and_eval_scorer():
+    from evals.registry import ChainSettings, get_benchmark, scorer_for
+
+    task = get_task({"name": "chain", "K": 30, "K_min": 5, "n_test": 32})
+    rows = task.eval_split("chain_id", 32)
+    assert rows == task.eval_split("chain_id", 32) and len({len(r["solution"]) for r in rows}) > 5
+    assert all(len(r["solution"]) == 38 for r in task.eval_split("chain_ood", 4))  # ood: one longer fixed length
+    score = scorer_for(get_benchmark("chain_id"), ChainSettings(K=30, K_min=5))
+    r = rows[0]
+    good, bad_len = score([r["solution"], r["solution"] + "1"], [r["answer"], r["answer"]])
+    assert good.correct and good.extracted == r["solution"][-1]
+    assert not bad_len.correct and bad_len.extracted is None  # malformed: no answer extracted

@@ -22,13 +22,13 @@ class ChainTaskWithSplits(ChainTask):
     """A chain task that also knows its named evaluation splits (``chain_id``, ``chain_ood``)."""
 
     def __init__(self, K: int = 24, modulus: int = 10, ood_K: int | None = None, max_operand: int | None = None,
-                 op_format: str = "char"):
-        super().__init__(K=K, modulus=modulus, max_operand=max_operand, op_format=op_format)
+                 op_format: str = "char", K_min: int | None = None):
+        super().__init__(K=K, modulus=modulus, max_operand=max_operand, op_format=op_format, K_min=K_min)
         object.__setattr__(self, "ood_K", ood_K or K + 8)
 
     def eval_split(self, name: str, n: int, seed: int = 0) -> list[dict]:
         return make_split(name, n, seed=seed, K=self.K, modulus=self.modulus, ood_K=self.ood_K,
-                          op_format=self.op_format, max_operand=self.max_operand)
+                          op_format=self.op_format, max_operand=self.max_operand, K_min=self.K_min)
 
     def eval_splits(self, configured: Sequence[str]) -> list[str]:
         """The periodic evaluation splits: the configured chain splits (``rl.eval_splits``)."""
@@ -50,7 +50,7 @@ def get_task(cfg: Any, data_dir: str | None = None):
     if name == "chain":
         return ChainTaskWithSplits(K=int(cfg.get("K", 24)), modulus=int(cfg.get("modulus", 10)),
                                    ood_K=cfg.get("ood_K"), max_operand=cfg.get("max_operand"),
-                                   op_format=cfg.get("op_format", "char"))
+                                   op_format=cfg.get("op_format", "char"), K_min=cfg.get("K_min"))
     if name == "math":
         from cppo.tasks.math import MathTask
 

@@ -21,6 +21,14 @@ token limit). Intermediate values are not checked: a policy that guesses the fin
 derails the rest. That makes the task long-horizon in the sense CPPO cares about: late tokens
 depend on every earlier one.
 
+Variable lengths (``K_min``, the long-horizon family): each problem draws its chain length k
+uniformly from [K_min, K], and the prompt is padded with ``.`` up to K operations, so that operation i
+still sits at the fixed distance K + 1 before response value i whatever k is, and the value after the
+last operation faces a ``.``, where the end token belongs. Responses then vary in length within a
+batch (k + 1 tokens with the end token). The answer of such a problem is its whole solution: the
+reward reads the expected length and the last value from it (intermediate values are still not
+checked).
+
 Difficulty knobs: K (chain length), the operand range (``max_operand``, default 3) and the modulus m (values 0..m-1 written as one character
 each: digits, then lower-case letters, so m <= 36; m <= 27 with op_format char). Named splits: ``chain_id`` (in distribution,
 the training K) and ``chain_ood`` (a longer chain, ``ood_K``; by default K + 8).
@@ -34,6 +42,7 @@ from dataclasses import dataclass
 
 # One character per value: 0-9 then a-z (only used when modulus > 10).
 _ALPHABET = string.digits + string.ascii_lowercase
+PAD = "."  # fills the prompt of a shorter chain up to K operations (variable lengths)
 OP_FORMATS = ("char", "sign")
 # Small operands by default: with |d| <= 3 the previous value alone narrows the next one to 6
 # candidates, which gives SFT a gradient toward "copy the previous value" before it has learned to
@@ -57,16 +66,20 @@ class ChainTask:
         modulus: arithmetic modulus m; values are 0..m-1, one character each.
         max_operand: largest |d| of an operation; default ``min(3, m - 1)`` (see below).
         op_format: ``char`` (one character per operation) or ``sign`` (``+d``/``-d``).
+        K_min: variable lengths: each problem has k in [K_min, K] operations (None: always K).
     """
 
     K: int = 24
     modulus: int = 10
     max_operand: int | None = None
     op_format: str = "char"
+    K_min: int | None = None
 
     def __post_init__(self) -> None:
         if self.K < 1:
             raise ValueError(f"chain task: K must be >= 1, got {self.K}")
+        if self.K_min is not None and not 1 <= self.K_min <= self.K:
+            raise ValueError(f"chain task: K_min must be in [1, K={self.K}], got {self.K_min}")
         if not 2 <= self.modulus <= len(_ALPHABET):
             raise ValueError(f"chain task: modulus must be in [2, {len(_ALPHABET)}], got {self.modulus}")
         if self.max_operand is not None and not 1 <= self.max_operand < self.modulus:
@@ -94,16 +107,20 @@ class ChainTask:
     # ------------------------------------------------------------------ generation
     def make_problem(self, start: int, ops: list[int]) -> dict:
         """Build one example from a start value and signed operands (e.g. [3, -5, 9])."""
-        if len(ops) != self.K:
-            raise ValueError(f"chain task: expected {self.K} operations, got {len(ops)}")
+        lo = self.K if self.K_min is None else self.K_min
+        if not lo <= len(ops) <= self.K:
+            want = self.K if self.K_min is None else f"{self.K_min}..{self.K}"
+            raise ValueError(f"chain task: expected {want} operations, got {len(ops)}")
         m = self.modulus
-        problem = _ALPHABET[start % m] + "".join(op_text(d, self.op_format) for d in ops) + "="
+        pad = PAD * ((self.K - len(ops)) * (2 if self.op_format == "sign" else 1))
+        problem = _ALPHABET[start % m] + "".join(op_text(d, self.op_format) for d in ops) + pad + "="
         values = solve(start, ops, m)
         solution = "".join(_ALPHABET[v] for v in values)
         return {
             "id": f"chain-K{self.K}-m{m}-{problem}",
             "problem": problem,
-            "answer": _ALPHABET[values[-1]],
+            # a variable-length problem's answer carries its length: the whole solution
+            "answer": solution if self.K_min is not None else _ALPHABET[values[-1]],
             "solution": solution,
         }
 
@@ -116,7 +133,8 @@ class ChainTask:
         out = []
         for _ in range(n):
             start = rng.randrange(self.modulus)
-            ops = [rng.randint(1, hi) * rng.choice((1, -1)) for _ in range(self.K)]
+            k = self.K if self.K_min is None else rng.randint(self.K_min, self.K)
+            ops = [rng.randint(1, hi) * rng.choice((1, -1)) for _ in range(k)]
             out.append(self.make_problem(start, ops))
         return out
 
@@ -124,15 +142,18 @@ class ChainTask:
     def reward(self, response: str, answer: str, stopped: bool = True) -> float:
         """1.0 iff ``response`` is exactly K value characters ending on ``answer`` and it stopped.
 
-        Surrounding whitespace is ignored; any other character makes the response malformed (0.0).
+        With variable lengths (``K_min``) ``answer`` is the whole solution: the response must have its
+        length and its last value. Surrounding whitespace is ignored; any other character makes the
+        response malformed (0.0).
         """
         if not stopped:
             return 0.0
-        r = response.strip()
+        r, a = response.strip(), answer.strip()
         valid = _ALPHABET[: self.modulus]
-        if len(r) != self.K or any(c not in valid for c in r):
+        length = len(a) if self.K_min is not None else self.K
+        if not a or len(r) != length or any(c not in valid for c in r):
             return 0.0
-        return 1.0 if r[-1] == answer.strip() else 0.0
+        return 1.0 if r[-1] == a[-1] else 0.0
 
     def rewards(self, responses: list[str], answers: list[str], stopped: list[bool] | None = None) -> list[float]:
         """Batch form of :meth:`reward` (the trainer's entry point, shared with the math task)."""
@@ -163,7 +184,7 @@ def parse_problem(problem: str, modulus: int = 10) -> tuple[int, list[int]]:
     p = problem.strip()
     if not p.endswith("=") or len(p) < 3 or p[0] not in _ALPHABET[:modulus]:
         raise ValueError(f"not a chain problem: {problem!r}")
-    body, start, ops = p[1:-1], _ALPHABET.index(p[0]), []
+    body, start, ops = p[1:-1].rstrip(PAD), _ALPHABET.index(p[0]), []
     if body[:1] in ("+", "-"):
         if len(body) % 2:
             raise ValueError(f"not a chain problem: {problem!r}")
@@ -181,7 +202,7 @@ def parse_problem(problem: str, modulus: int = 10) -> tuple[int, list[int]]:
 
 
 def make_split(name: str, n: int, seed: int = 0, K: int = 24, modulus: int = 10, ood_K: int | None = None,
-               op_format: str = "char", max_operand: int | None = None) -> list[dict]:
+               op_format: str = "char", max_operand: int | None = None, K_min: int | None = None) -> list[dict]:
     """A named, reproducible evaluation split.
 
     ``chain_id``: in-distribution (K operations); ``chain_ood``: harder, ``ood_K`` operations
@@ -193,7 +214,9 @@ def make_split(name: str, n: int, seed: int = 0, K: int = 24, modulus: int = 10,
     if name not in _SPLIT_SALT:
         raise ValueError(f"unknown chain split {name!r}; choose from {sorted(_SPLIT_SALT)}")
     k = (ood_K or K + 8) if name == "chain_ood" else K
-    rows = ChainTask(K=k, modulus=modulus, op_format=op_format, max_operand=max_operand).sample(random.Random(seed + _SPLIT_SALT[name]), n)
+    k_min = K_min if name != "chain_ood" else None  # the OOD split is one longer fixed length
+    task = ChainTask(K=k, modulus=modulus, op_format=op_format, max_operand=max_operand, K_min=k_min)
+    rows = task.sample(random.Random(seed + _SPLIT_SALT[name]), n)
     for i, row in enumerate(rows):
         row["id"] = f"{name}-{i}"
     return rows
