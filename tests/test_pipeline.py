@@ -46,7 +46,7 @@ def test_schema_mirrors_the_typed_config_sections():
         assert sub["additionalProperties"] is False, name
 
 
-@pytest.mark.parametrize("profile", ["tiny.yaml", "tiny-all.yaml", "paper.yaml"])
+@pytest.mark.parametrize("profile", ["tiny.yaml", "tiny-all.yaml", "tiny-long.yaml", "paper.yaml"])
 def test_profiles_validate(profile):
     check_config(_load(profile))
 
@@ -158,7 +158,7 @@ def expected_jobs(cfg: dict) -> dict[str, int]:
     return {k: v for k, v in jobs.items() if v}
 
 
-@pytest.mark.parametrize("profile", [None, "config/tiny-all.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("profile", [None, "config/tiny-all.yaml", "config/tiny-long.yaml", "config/paper.yaml"])
 def test_dry_run_plans_the_full_grid(tmp_path, profile):
     """None: the embedded default profile, config/tiny.yaml."""
     args = ["-n", "--quiet", "rules"] + (["--configfile", str(REPO / profile)] if profile else [])

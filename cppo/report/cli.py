@@ -156,11 +156,18 @@ def main(args) -> int:
                 if p.is_file()]
         if isinstance(started, (int, float)):
             wall_s = (max(ends) if ends else time.time()) - started
+    claims = []
+    if (cfg.get("report") or {}).get("claims"):
+        from cppo.report.claims import claims_section
+
+        claims = claims_section(cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
+                                horizons, n_boot=rs["bootstrap"])
     text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
                          provenance=prov, figures=figures, stab=stab, reference=reference,
-                         horizons=horizons, notes=[str(n) for n in (cfg.get("report") or {}).get("notes") or []])
+                         horizons=horizons, notes=[str(n) for n in (cfg.get("report") or {}).get("notes") or []],
+                         headline=claims)
     (out / "summary.md").write_text(text)
     with open(out / "config.yaml", "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
