@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import auc, best_in_run, bootstrap_ci, final_value, time_to_collapse
+from cppo.report.stats import bootstrap_ci, run_stability
 
 ABLATIONS = {
     "no_position_weight": ("ablation", "no_position_weight", "Removing the position weight (w ≡ 1) costs accuracy"),
@@ -72,10 +72,7 @@ def _per_seed(records: list[RunRecord], setting: str, scale: str, method: str, m
         h = r.histories.get(metric) or []
         if not h:
             continue
-        t = time_to_collapse(h, frac, H)
-        vals = {"time_to_collapse": math.nan if t is None else float(t[0]), "auc": auc(h, H),
-                "best": best_in_run(h, H), "final": final_value(h, H)}
-        for k, v in vals.items():
+        for k, v in run_stability(h, frac, H).items():
             if math.isfinite(v):
                 out[k][r.cell.seed] = v
     return out

@@ -166,6 +166,13 @@ def final_value(history: Sequence[tuple[int, float]], horizon: int | None = None
     return pts[-1][1] if pts else math.nan
 
 
+def run_stability(history: Sequence[tuple[int, float]], frac: float = 0.5, horizon: int | None = None) -> dict[str, float]:
+    """The four stability measures of one run: time to collapse (nan when undecidable), AUC, best, final."""
+    t = time_to_collapse(history, frac, horizon)
+    return {"time_to_collapse": math.nan if t is None else float(t[0]), "auc": auc(history, horizon),
+            "best": best_in_run(history, horizon), "final": final_value(history, horizon)}
+
+
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n = 0.
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import auc, best_in_run, bootstrap_ci, final_value, iqm, time_to_collapse
+from cppo.report.stats import bootstrap_ci, iqm, run_stability, time_to_collapse
 
 
 @dataclass
@@ -138,10 +138,7 @@ def stability_stats(records: list[RunRecord], collapse_metric: str, collapse_fra
             hist = r.histories.get(collapse_metric) or []
             if not hist:
                 continue
-            ttc = time_to_collapse(hist, collapse_frac, H)
-            vals = {"time_to_collapse": math.nan if ttc is None else float(ttc[0]), "auc": auc(hist, H),
-                    "best": best_in_run(hist, H), "final": final_value(hist, H)}
-            for k, v in vals.items():
+            for k, v in run_stability(hist, collapse_frac, H).items():
                 if math.isfinite(v):
                     cells[k].values.append(v)
                     cells[k].seeds.append(r.cell.seed)
