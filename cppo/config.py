@@ -444,18 +444,20 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     for name in grid.settings:
         if name not in settings:
             raise ConfigError(f"grid.settings: unknown setting {name!r}; defined: {sorted(settings)}")
-    ref = grid.extra.get("reference")
+    from cppo.report.grid import reference
+
+    try:
+        ref = reference(raw)  # (setting, method) of the on-policy rung, names checked there
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if ref:
-        rl_ref = {**rl, **settings.get(ref.get("setting"), {})}
-        if ref.get("setting") not in grid.settings:
-            raise ConfigError(f"grid.reference.setting: {ref.get('setting')!r} is not one of grid.settings {grid.settings}")
         dflt = RLConfig()
-        onpol = all(_pick_scale({k: rl_ref.get(k, getattr(dflt, k))}, sc, scales, "rl")[k] == want
-                    for sc in (grid.scales or list(scales))
-                    for k, want in (("updates_per_rollout", 1), ("staleness", 0), ("staleness_rollouts", 0)))
-        if not onpol:
-            raise ConfigError(f"grid.reference.setting {ref['setting']!r} is not on-policy: it needs "
-                              "updates_per_rollout 1 and no staleness, so that every rule reduces to the policy gradient")
+        for sc in grid.scales or list(scales):
+            rl_ref = _pick_scale({**rl, **(settings.get(ref[0]) or {})}, sc, scales, "rl")
+            if any(rl_ref.get(k, getattr(dflt, k)) != want
+                   for k, want in (("updates_per_rollout", 1), ("staleness", 0), ("staleness_rollouts", 0))):
+                raise ConfigError(f"grid.reference.setting {ref[0]!r} is not on-policy: it needs updates_per_rollout 1 "
+                                  "and no staleness, so that every rule reduces to the policy gradient")
     return cfg
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import bootstrap_ci, iqm, run_stability, time_to_collapse
+from cppo.report.stats import bootstrap_ci, collapsed, iqm, run_stability
 
 
 @dataclass
@@ -80,10 +80,10 @@ def _groups(records: list[RunRecord]) -> dict[tuple[str, str, str, str], list[Ru
 
 
 def _collapse_counts(recs: list[RunRecord], collapse_metric: str, frac: float, horizons: dict) -> tuple[int, int]:
-    """(collapsed, decided) seeds of a cell (first fall below frac × the step-0 value, `stats.time_to_collapse`)."""
-    flags = [time_to_collapse(r.histories.get(collapse_metric) or [], frac,
-                              horizons.get((r.cell.setting, r.cell.scale))) for r in recs]
-    return sum(1 for f in flags if f and f[1]), sum(1 for f in flags if f is not None)
+    """(collapsed, decided) seeds of a cell (first fall below frac × the step-0 value, `stats.collapsed`)."""
+    flags = [collapsed(r.histories.get(collapse_metric) or [], frac, horizons.get((r.cell.setting, r.cell.scale)))
+             for r in recs]
+    return sum(1 for f in flags if f), sum(1 for f in flags if f is not None)
 
 
 def cell_stats(records: list[RunRecord], benchmarks: list[str], metric: str, collapse_metric: str,
@@ -168,8 +168,8 @@ def stability_markdown(stats: list[CellStats], methods: list[str], scales: list[
                        f"{first.n_collapsed}/{first.n_decided}" if first.n_decided else "–"]
                 for k in STABILITY:
                     c = idx[(setting, m, sc, k)]
-                    row.append(f"{_fmt_ci_steps(c)}; {_fmt_steps(c.iqm)}" if k == "time_to_collapse"
-                               else f"{_fmt_ci(c, True)}; {_fmt(c.iqm, True)}")
+                    f = _fmt_steps if k == "time_to_collapse" else (lambda v: _fmt(v, True))
+                    row.append(f"{_fmt_ci(c, fmt=f)}; {f(c.iqm)}")
                 lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -177,14 +177,6 @@ def stability_markdown(stats: list[CellStats], methods: list[str], scales: list[
 
 def _fmt_steps(v: float) -> str:
     return "–" if v is None or not math.isfinite(v) else f"{v:.0f}"
-
-
-def _fmt_ci_steps(s: CellStats) -> str:
-    if not s.values:
-        return "–"
-    if math.isnan(s.lo):
-        return f"{_fmt_steps(s.mean)} (n={len(s.values)})"
-    return f"{_fmt_steps(s.mean)} [{_fmt_steps(s.lo)}, {_fmt_steps(s.hi)}]"
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -226,12 +218,14 @@ def _fmt(v: float, pct: bool) -> str:
     return f"{100 * v:.1f}" if pct else f"{v:.3f}"
 
 
-def _fmt_ci(s: CellStats, pct: bool) -> str:
+def _fmt_ci(s: CellStats, pct: bool = True, fmt=None) -> str:
+    """`mean [lo, hi]` of a cell, each value written by `fmt` (default `_fmt(v, pct)`)."""
+    f = fmt or (lambda v: _fmt(v, pct))
     if not s.values:
         return "–"
     if math.isnan(s.lo):
-        return f"{_fmt(s.mean, pct)} (n={len(s.values)})"
-    return f"{_fmt(s.mean, pct)} [{_fmt(s.lo, pct)}, {_fmt(s.hi, pct)}]"
+        return f"{f(s.mean)} (n={len(s.values)})"
+    return f"{f(s.mean)} [{f(s.lo)}, {f(s.hi)}]"
 
 
 def write_csv(stats: list[CellStats], path: Path) -> None:
