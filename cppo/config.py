@@ -241,6 +241,10 @@ class EvalConfig:
     """Nucleus mass."""
     max_tokens: int | None = None
     """Generation limit (None: each benchmark's own)."""
+    every: int | None = None
+    """Evaluation cadence in training steps: the weights of step 0 and of every multiple are kept under
+    ``<run>/steps/step_<n>/`` and the pipeline scores each (the best checkpoint within [0, T_stop]);
+    None: the final checkpoint only."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other keys of the section (owned by the evaluation/pipeline parts), kept as given."""
 
@@ -427,8 +431,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings") if k in grid_raw},
                       extra=grid_raw)
     eval_raw = dict(raw.get("eval") or {})
-    evalc = _build(EvalConfig, {k: eval_raw.pop(k) for k in ("benchmarks", "n", "temperature", "top_p", "max_tokens")
-                                if k in eval_raw}, "eval")
+    evalc = _build(EvalConfig, {k: eval_raw.pop(k) for k in ("benchmarks", "n", "temperature", "top_p", "max_tokens",
+                                                        "every") if k in eval_raw}, "eval")
+    if evalc.every is not None and evalc.every < 1:
+        raise ConfigError(f"eval.every must be >= 1 (training steps) or null, got {evalc.every}")
     evalc.extra = eval_raw
     cfg = Config(
         profile=str(profile), raw=raw, task=_build(TaskConfig, dict(raw.get("task") or {}), "task"),

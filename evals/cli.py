@@ -12,6 +12,13 @@ Output: ``--out FILE.json`` with ``benchmarks.<name>.metrics`` and a per-sample 
 response, extracted answer, gold, correct) inside, or in ``--samples-log FILE.jsonl`` when given.
 With ``--mlflow-run-id ID --step N`` the metrics are logged as ``eval/<benchmark>/<metric>`` at
 step N (the checkpoint's training step).
+
+``--run RUN_DIR`` instead of MODEL evaluates every checkpoint a run kept for evaluation, in one
+process: ``<run>/steps/step_<n>/`` (the profile's ``eval.every``), the base model as step 0 when the run
+kept none (``--base``, e.g. the hub model of a verl run), and ``<run>/final`` at the run's final step.
+Each step's result goes to ``<run>/eval/steps/step_<n>.json`` (an existing one with the same model and
+settings is reused, so an interrupted job resumes) and, with ``--mlflow-run-id``, into MLflow at its
+step; ``--out`` gets the final checkpoint's result plus a ``steps`` summary (step -> benchmark -> metrics).
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ SETTABLE = {"n": int, "temperature": float, "top_p": float, "max_tokens": int, "
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="checkpoint folder (Hugging Face format) or hub name; any label for --backend oracle")
+    p.add_argument("--run", type=Path, help="a run folder: evaluate each kept step (steps/step_<n>) and final/, instead of MODEL")
+    p.add_argument("--base", help="with --run: the model of step 0 when the run kept no steps/step_0 (e.g. the hub model)")
     p.add_argument("--benchmarks", help="comma-separated registry names, e.g. aime24,math500 (default: the profile's eval.benchmarks)")
     p.add_argument("--n", type=int, help=f"samples per problem (default {defaults.N}, or the profile's eval.n)")
     p.add_argument("--temperature", type=float, help=f"sampling temperature (default {defaults.TEMPERATURE})")
@@ -48,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="hf device (default cuda if available, else cpu)")
     p.add_argument("--dtype", help="model dtype (default auto)")
     p.add_argument("--data-dir", dest="data_dir", help="benchmark JSONL folder (default: CPPO_DATA_DIR, else the profile's data_dir, else the hub)")
+    p.add_argument("--no-progress", action="store_true", dest="no_progress", help="with --run: no progress bar over the checkpoints")
     p.add_argument("--list", action="store_true", help="list the registered benchmarks and exit")
 
 
@@ -94,13 +104,19 @@ def main(args: argparse.Namespace) -> int:
         for b in BENCHMARKS.values():
             print(f"{b.name:15s} {b.kind:6s} {b.description}")
         return 0
-    if not args.model:
-        print("cppo eval: MODEL is required (a checkpoint folder or hub name)", file=sys.stderr)
+    if bool(args.model) == bool(args.run):
+        print("cppo eval: give MODEL (a checkpoint folder or hub name) or --run RUN_DIR, not both", file=sys.stderr)
         return 2
     if args.out is None:
         print("cppo eval: --out FILE.json is required", file=sys.stderr)
         return 2
-    if args.mlflow_run_id and args.step is None:
+    if args.run and args.step is not None:
+        print("cppo eval: --step is not used with --run (each checkpoint's step is in its folder name)", file=sys.stderr)
+        return 2
+    if args.base and not args.run:
+        print("cppo eval: --base goes with --run", file=sys.stderr)
+        return 2
+    if args.model and args.mlflow_run_id and args.step is None:
         print("cppo eval: --mlflow-run-id needs --step (the checkpoint's training step)", file=sys.stderr)
         return 2
     raw = _profile(args.config)
@@ -117,50 +133,136 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     backend = args.backend or (raw.get("eval") or {}).get("backend") or "hf"
+    try:
+        points = run_checkpoints(args.run, args.base) if args.run else [(args.step, args.model)]
+    except (FileNotFoundError, ValueError) as e:
+        print(f"cppo eval: {e}", file=sys.stderr)
+        return 2
     if backend != "oracle":  # the oracle needs no weights: MODEL is only a label there
         from cppo.models import model_source
 
         try:
-            model_source(args.model)
+            for _, model in points:
+                model_source(model)
         except FileNotFoundError as e:
             print(f"cppo eval: {e}", file=sys.stderr)
             return 2
 
     from cppo.data import DataNotFound
-    from evals.harness import run_eval
 
     try:
-        result = run_eval(args.model, names, settings, backend=backend)
+        if args.run:
+            result = _evaluate_run(args, points, names, settings, backend)
+        else:
+            result = _evaluate(args.model, names, settings, backend)
+            if args.mlflow_run_id:
+                result["mlflow"] = {"run_id": args.mlflow_run_id, "step": args.step}
     except DataNotFound as e:  # no local file and no hub: a user's set-up, not a bug
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
-    if args.mlflow_run_id:
-        result["mlflow"] = {"run_id": args.mlflow_run_id, "step": args.step}
+    _write(result, args.out, args.samples_log)
+    for name, res in result["benchmarks"].items():
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in res["metrics"].items())
+        print(f"{name}: {shown}  ({res['n_problems']} problems x {res['n_samples']} samples, {res['source']})")
+    if args.mlflow_run_id and not args.run:
+        from cppo.tracking import log_eval
+
+        for name, res in result["benchmarks"].items():
+            log_eval(args.mlflow_run_id, name, res["metrics"], args.step)
+    return 0
+
+
+def run_checkpoints(run_dir: Path, base: str | None = None) -> list[tuple[int, str]]:
+    """(step, model) of every checkpoint of a run folder to evaluate, by step: the kept weights
+    ``steps/step_<n>/``, ``base`` as step 0 when no ``steps/step_0`` was kept, and ``final/`` at the
+    final step (replacing a kept folder of the same step: the same weights)."""
+    from cppo.train.checkpoint import final_step, weight_steps
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "final").exists():
+        raise FileNotFoundError(f"{run_dir}/final not found: is the run finished (a `done` marker)?")
+    points = {n: str(p) for n, p in weight_steps(run_dir / "steps")}
+    if base and 0 not in points:
+        points[0] = base
+    last = final_step(run_dir)
+    points = {n: m for n, m in points.items() if n <= last}  # a kept folder past `final` is stale
+    points[last] = str(run_dir / "final")
+    return sorted(points.items())
+
+
+def _evaluate(model: str, names: list[str], settings, backend: str) -> dict:
+    """run_eval plus the provenance of the code that scored it."""
+    from evals.harness import run_eval
+
+    result = run_eval(model, names, settings, backend=backend)
     try:
         from cppo.tracking import provenance
 
         result["provenance"] = provenance()
     except Exception:  # provenance is a courtesy; never fail an evaluation over it
         pass
+    return result
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.samples_log:
-        args.samples_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.samples_log, "w", encoding="utf-8") as f:
+
+def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names: list[str], settings,
+                  backend: str) -> dict:
+    """Evaluate each (step, model) of a run; per-step files, MLflow per step; the final's result + `steps`."""
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    step_dir = args.run / "eval" / "steps"
+    # the settings as a result file records them (run_eval's "settings", through JSON)
+    want = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k != "chain"}
+                                 | {"chain": asdict(settings.chain)}))
+    summary: dict[str, dict] = {}
+    result = None
+    bar = tqdm(points, desc=f"cppo eval {args.run}", unit="ckpt", dynamic_ncols=True,
+               disable=getattr(args, "no_progress", False))
+    for step, model in bar:
+        bar.set_postfix(step=step)
+        path = step_dir / f"step_{step}.json"
+        res = _reusable(path, model, names, want, backend)
+        if res is None:
+            res = _evaluate(model, names, settings, backend)
+            res["step"] = step
+            _write(json.loads(json.dumps(res)), path, None)  # a copy: _write may move the samples out
+        if args.mlflow_run_id:
+            from cppo.tracking import log_eval
+
+            for name, r in res["benchmarks"].items():
+                log_eval(args.mlflow_run_id, name, r["metrics"], step)
+        summary[str(step)] = {name: r["metrics"] for name, r in res["benchmarks"].items()}
+        result = res
+    result = dict(result)
+    result["steps"] = summary
+    if args.mlflow_run_id:
+        result["mlflow"] = {"run_id": args.mlflow_run_id, "step": points[-1][0]}
+    return result
+
+
+def _reusable(path: Path, model: str, names: list[str], settings: dict, backend: str) -> dict | None:
+    """An earlier result for this step with the same model, benchmarks, settings and backend, else None."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    same = (old.get("model") == str(model) and old.get("backend") == backend and old.get("settings") == settings
+            and sorted(old.get("benchmarks") or {}) == sorted(names))
+    return old if same else None
+
+
+def _write(result: dict, out: Path, samples_log: Path | None) -> None:
+    """The result JSON, atomically (the pipeline treats the file as a job output: never half of it);
+    with ``samples_log`` the per-sample records go there instead (JSONL)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if samples_log:
+        samples_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(samples_log, "w", encoding="utf-8") as f:
             for name, res in result["benchmarks"].items():
                 for s in res.pop("samples"):
                     f.write(json.dumps({"benchmark": name, **s}, ensure_ascii=False) + "\n")
-                res["samples_log"] = str(args.samples_log)
-    tmp = args.out.with_name(args.out.name + ".tmp")
+                res["samples_log"] = str(samples_log)
+    tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(args.out)  # the pipeline treats the file as the job's output: never leave half of it
-
-    for name, res in result["benchmarks"].items():
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in res["metrics"].items())
-        print(f"{name}: {shown}  ({res['n_problems']} problems x {res['n_samples']} samples, {res['source']})")
-    if args.mlflow_run_id:
-        from cppo.tracking import log_eval
-
-        for name, res in result["benchmarks"].items():
-            log_eval(args.mlflow_run_id, name, res["metrics"], args.step)
-    return 0
+    tmp.replace(out)

@@ -118,3 +118,70 @@ def test_list_and_help_are_fast_and_light():
     assert p.returncode == 0, p.stderr
     assert "aime24" in p.stdout and "chain_ood" in p.stdout
     assert "HEAVY []" in p.stdout
+
+
+def _run_folder(root: Path, kept: list[int], final: int) -> Path:
+    """A finished run folder with the weights of `kept` steps (a config.json stands for the weights)."""
+    for n in kept:
+        (root / "steps" / f"step_{n}").mkdir(parents=True)
+        (root / "steps" / f"step_{n}" / "config.json").write_text("{}")
+    (root / "steps" / ".step_9.tmp-x").mkdir(parents=True)  # a killed write: not a checkpoint
+    (root / "final").mkdir()
+    (root / "done").write_text(json.dumps({"step": final, "stopped_reason": None}))
+    return root
+
+
+def test_run_checkpoints_lists_kept_steps_base_and_final(tmp_path):
+    from evals.cli import run_checkpoints
+
+    run = _run_folder(tmp_path / "r", [0, 5, 10, 15], final=10)
+    # step 10 is evaluated from final/ (the same weights); step 15 lies past the final step (a stale folder)
+    assert run_checkpoints(run) == [(0, str(run / "steps" / "step_0")), (5, str(run / "steps" / "step_5")),
+                                    (10, str(run / "final"))]
+    assert run_checkpoints(run, base="org/model")[0] == (0, str(run / "steps" / "step_0"))  # a kept step 0 wins
+    hub = _run_folder(tmp_path / "v", [20, 40], final=60)  # verl: no step 0 kept, the hub model stands for it
+    assert [s for s, _ in run_checkpoints(hub, base="org/model")] == [0, 20, 40, 60]
+    assert run_checkpoints(hub, base="org/model")[0] == (0, "org/model")
+    with pytest.raises(FileNotFoundError, match="final not found"):
+        run_checkpoints(tmp_path)
+
+
+def test_eval_run_scores_every_checkpoint_logs_each_step_and_reuses_results(tmp_path, mlflow_uri, capsys):
+    run_id = _mlflow_run(mlflow_uri)
+    run = _run_folder(tmp_path / "run", [0, 5], final=10)
+    out = run / "eval" / "_all.json"
+    argv = ["eval", "--run", str(run), "--backend", "oracle", "--benchmarks", "chain_id", "--n", "2", "--limit", "3",
+            "--out", str(out), "--mlflow-run-id", run_id, "--no-progress"]
+    assert cppo_main(argv) == 0
+    files = {n: run / "eval" / "steps" / f"step_{n}.json" for n in (0, 5, 10)}
+    assert sorted((run / "eval" / "steps").iterdir()) == sorted(files.values())
+    for n, f in files.items():
+        r = json.loads(f.read_text())
+        assert r["step"] == n and r["benchmarks"]["chain_id"]["metrics"]["avg@2"] == 1.0
+    assert json.loads(files[10].read_text())["model"] == str(run / "final")
+    res = json.loads(out.read_text())
+    assert sorted(res["steps"], key=int) == ["0", "5", "10"] and res["model"] == str(run / "final")
+    assert res["mlflow"] == {"run_id": run_id, "step": 10}
+
+    import mlflow
+
+    hist = mlflow.MlflowClient(mlflow_uri).get_metric_history(run_id, "eval/chain_id/avg_at_2")
+    assert sorted(m.step for m in hist) == [0, 5, 10]
+
+    # a second call reuses the per-step results of the same settings; other settings evaluate again
+    stamps = {n: f.stat().st_mtime_ns for n, f in files.items()}
+    assert cppo_main(argv[:-3] + ["--no-progress"]) == 0
+    assert {n: f.stat().st_mtime_ns for n, f in files.items()} == stamps
+    assert cppo_main([a if a != "2" else "3" for a in argv[:-3]] + ["--no-progress"]) == 0
+    assert json.loads(files[5].read_text())["settings"]["n"] == 3
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["eval", "m", "--run", "r"], "not both"),
+    (["eval", "--run", "r", "--step", "3"], "--step is not used with --run"),
+    (["eval", "m", "--base", "b"], "--base goes with --run"),
+])
+def test_eval_run_bad_calls_are_one_line(tmp_path, capsys, argv, match):
+    assert cppo_main(argv + ["--out", str(tmp_path / "o.json"), "--backend", "oracle", "--benchmarks", "chain_id"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1

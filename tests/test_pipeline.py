@@ -249,7 +249,7 @@ methods:
   grpo: {rule: ppo_clip, eps_low: 0.2, eps_high: 0.28}
   cppo: {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20}
 grid: {methods: [grpo, cppo], scales: [s], seeds: [1, 2], settings: [fresh]}
-eval: {benchmarks: [chain_id, chain_ood], n: 2, temperature: 0.7, top_p: 0.95, max_tokens: 12, limit: 8}
+eval: {benchmarks: [chain_id, chain_ood], n: 2, temperature: 0.7, top_p: 0.95, max_tokens: 12, limit: 8, every: 1}
 """
 
 
@@ -294,17 +294,34 @@ def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
             assert sorted(m.step for m in hist) == want, key
         assert sorted(m.step for m in c.get_metric_history(r.info.run_id, "rollout/reward_mean")) == [1, 2]
         assert r.data.params["rl/steps"] == "2"
-        for b in ("chain_id", "chain_ood"):  # cppo eval logged into the child at the final step
+        # eval.every 1: the weights of steps 0, 1 and 2 were kept, and cppo eval logged each into the child
+        assert sorted(p.name for p in (run_dir / "steps").iterdir()) == ["step_0", "step_1", "step_2"]
+        for b in ("chain_id", "chain_ood"):
             hist = c.get_metric_history(r.info.run_id, f"eval/{b}/avg_at_2")
-            assert [m.step for m in hist] == [2], b
+            assert sorted(m.step for m in hist) == [0, 1, 2], b
             assert (run_dir / "eval" / f"{b}.json").is_file()
+        per_step = {int(p.stem.split("_")[1]): json.loads(p.read_text())
+                    for p in (run_dir / "eval" / "steps").glob("step_*.json")}
+        assert sorted(per_step) == [0, 1, 2]
+        final = json.loads((run_dir / "eval" / "chain_id.json").read_text())
+        assert final["benchmarks"]["chain_id"]["metrics"] == per_step[2]["benchmarks"]["chain_id"]["metrics"]
 
-    # table: 2 methods × (2 benchmarks + mean); markdown rows; figures; summary
+    # table: 2 methods × (2 benchmarks + mean) × (best, final); markdown rows; figures; summary
     out = tmp_path / "results" / "e2e"
     rows = list(csv.DictReader(open(out / "table.csv")))
-    assert sorted((r["method"], r["benchmark"]) for r in rows) == sorted(
-        (m, b) for m in ("grpo", "cppo") for b in ("chain_id", "chain_ood", "mean"))
+    assert sorted((r["method"], r["benchmark"], r["checkpoint"]) for r in rows) == sorted(
+        (m, b, k) for m in ("grpo", "cppo") for b in ("chain_id", "chain_ood", "mean") for k in ("best", "final"))
     assert all(r["n_seeds"] == "2" and r["n_runs"] == "2" for r in rows)
+    # best = per seed, the maximum over the evaluated checkpoints of the mean over benchmarks; then over seeds
+    for m in ("grpo", "cppo"):
+        best_per_seed = []
+        for seed in (1, 2):
+            folder = out / "runs" / "setting~fresh" / f"method~{m}" / "scale~s" / f"seed~{seed}" / "eval" / "steps"
+            means = [sum(json.loads(p.read_text())["benchmarks"][b]["metrics"]["avg@2"]
+                         for b in ("chain_id", "chain_ood")) / 2 for p in folder.glob("step_*.json")]
+            best_per_seed.append(max(means))
+        row = next(r for r in rows if (r["method"], r["benchmark"], r["checkpoint"]) == (m, "mean", "best"))
+        assert float(row["mean"]) == pytest.approx(sum(best_per_seed) / 2, abs=1e-6)
     md = (out / "table.md").read_text()
     assert re.search(r"^\| grpo \|", md, re.M) and re.search(r"^\| cppo \|", md, re.M)
     figs = sorted(p.name for p in (out / "figures").iterdir() if not p.name.startswith("."))
@@ -313,6 +330,8 @@ def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
     assert all((out / "figures" / f).stat().st_size > 10_000 for f in figs)
     summary = (out / "summary.md").read_text()
     assert "Pipeline wall time" in summary and "4 finished, 4 evaluated" in summary
+    assert "## Checkpoint selection" in summary and "optimistically biased" in summary
+    assert "## Score of the best checkpoint within [0, T_stop]" in md and "## Score of the final checkpoint" in md
 
     # the HTML report embeds the figures and the table
     html = tmp_path / "report.html"

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cppo.cli import main
@@ -123,3 +124,52 @@ def test_report_without_runs_writes_nothing_unless_forced(tmp_path, mlflow_uri, 
     assert main(["report", str(cfg), "--out", str(out), "--results-root", str(tmp_path / "results"),
                  "--bootstrap", "100", "--force"]) == 0
     assert (out / "table.md").read_text() != "committed\n" and (out / "table.csv").is_file()
+
+
+def test_tiny_profile_best_in_window_is_the_max_over_evaluated_checkpoints(tmp_path):
+    """On the tiny profile itself (its grid, horizon and eval.every): the best-in-window column is, per
+    seed, the maximum over the evaluated checkpoints (steps 0, every, ..., T), averaged over seeds; the
+    final column is the last checkpoint's value."""
+    import numpy as np
+
+    from cppo.config import read_profile
+    from cppo.report.grid import cells
+    from cppo.report.tables import horizon
+
+    repo = Path(__file__).resolve().parents[1]
+    raw = read_profile(repo / "config" / "tiny.yaml")
+    every = raw["eval"]["every"]
+    assert every == raw["rl"]["eval_every"]  # the tiny profile's cadence is the trainer's
+    root, rng = tmp_path / "results", np.random.default_rng(0)
+    want: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for c in cells(raw):
+        T = horizon(raw, c.setting, c.scale)
+        d = c.run_dir(raw["profile"], root)
+        (d / "eval" / "steps").mkdir(parents=True)
+        values = {n: float(rng.uniform(0.1, 0.9)) for n in range(0, T + 1, every)}
+        for n, v in values.items():
+            (d / "eval" / "steps" / f"step_{n}.json").write_text(
+                json.dumps({"step": n, "benchmarks": {"chain_id": {"metrics": {"avg@4": v}}}}))
+        (d / "eval" / "chain_id.json").write_text(json.dumps({"benchmarks": {"chain_id": {"metrics": {"avg@4": values[T]}}}}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": n, "eval/chain_id/greedy_acc": 0.5}) + "\n"
+                                                 for n in values))
+        (d / "done").write_text(json.dumps({"step": T, "stopped_reason": None}))
+        w = want.setdefault((c.setting, c.method), {"best": [], "final": []})
+        w["best"].append(max(values.values()))
+        w["final"].append(values[T])
+    out = tmp_path / "out"
+    assert main(["report", str(repo / "config" / "tiny.yaml"), "--out", str(out), "--results-root", str(root),
+                 "--no-mlflow", "--bootstrap", "200"]) == 0
+    rows = [r for r in csv.DictReader(open(out / "table.csv")) if r["benchmark"] == "mean"]
+    assert len(rows) == 2 * len(want)
+    differs = 0
+    for r in rows:
+        vals = want[(r["setting"], r["method"])][r["checkpoint"]]
+        assert float(r["mean"]) == pytest.approx(float(np.mean(vals)), abs=1e-5), r
+        assert json.loads(r["seed_values"]) == {str(k): pytest.approx(v, abs=1e-6)
+                                                for k, v in zip(raw["grid"]["seeds"], vals)}
+        differs += r["checkpoint"] == "best" and not math.isclose(np.mean(vals), np.mean(want[(r["setting"], r["method"])]["final"]))
+    assert differs > 0  # the two columns are not the same numbers
+    md = (out / "table.md").read_text()
+    assert md.index("## Score of the best checkpoint within [0, T_stop]") < md.index("## Score of the final checkpoint")
+    assert "optimistically biased" in (out / "summary.md").read_text()

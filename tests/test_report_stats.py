@@ -13,7 +13,8 @@ from cppo.report.collect import RunRecord, eval_metric, read_metrics_jsonl
 from cppo.report.grid import Cell, apply_sets, cells, parents
 from cppo.report.stats import (auc, best_in_run, bootstrap_band, bootstrap_ci, ci_overlap, collapsed, final_value,
                                iqm, time_to_collapse, wilson_interval)
-from cppo.report.tables import attach_published, cell_stats, load_published, markdown, write_csv
+from cppo.report.tables import (attach_published, best_step, cell_stats, load_published, markdown, step_means,
+                                write_csv)
 
 
 # ----------------------------------------------------------------------------- bootstrap
@@ -192,14 +193,48 @@ def test_cell_stats_on_hand_made_runs(tmp_path):
     assert float(row["mean"]) == pytest.approx(0.5) and row["collapsed"] == "1" and row["n_seeds"] == "3"
 
 
-def test_best_within_steps_uses_the_best_common_step():
+def test_best_checkpoint_is_one_step_per_seed_chosen_on_the_mean():
     r = _rec("cppo", "cppo", 1, 0.1, 0.1, [(0, 1), (9, 1)])
     r.histories["eval/chain_id/avg@4"] = [(0, 0.2), (10, 0.6), (20, 0.3)]
     r.histories["eval/chain_ood/avg@4"] = [(0, 0.2), (10, 0.2), (20, 0.5)]
+    assert step_means(r, ["chain_id", "chain_ood"], "avg@4") == pytest.approx({0: 0.2, 10: 0.4, 20: 0.4})
+    assert best_step(r, ["chain_id", "chain_ood"], "avg@4") == 10  # 10 and 20 tie at 0.4: the earlier one
     stats = cell_stats([r], ["chain_id", "chain_ood"], "avg@4", "x", best=True, n_boot=10)
     idx = {s.benchmark: s for s in stats}
-    assert idx["chain_id"].mean == pytest.approx(0.6) and idx["chain_ood"].mean == pytest.approx(0.5)
-    assert idx["mean"].mean == pytest.approx(0.4)  # best step of the mean (10 and 20 tie at 0.4), not 0.55
+    assert {s.checkpoint for s in stats} == {"best"}
+    # every benchmark at the chosen step, so the mean column is the mean of the benchmark columns
+    assert idx["chain_id"].mean == pytest.approx(0.6) and idx["chain_ood"].mean == pytest.approx(0.2)
+    assert idx["mean"].mean == pytest.approx(0.4)  # not the mean of per-benchmark maxima (0.55)
+    # the window ends at the horizon: a step past it is not a candidate
+    r.histories["eval/chain_id/avg@4"].append((30, 0.9))
+    r.histories["eval/chain_ood/avg@4"].append((30, 0.9))
+    assert best_step(r, ["chain_id", "chain_ood"], "avg@4", horizon=20) == 10
+    assert best_step(r, ["chain_id", "chain_ood"], "avg@4") == 30
+    # a seed without evaluated steps has no best score (it is not replaced by its final one)
+    bare = _rec("cppo", "cppo", 2, 0.7, 0.7, [(0, 1)])
+    stats = cell_stats([r, bare], ["chain_id", "chain_ood"], "avg@4", "x", best=True, n_boot=10,
+                       horizons={("fresh", "s"): 20})
+    m = next(s for s in stats if s.benchmark == "mean")
+    assert m.seeds == [1] and m.values == pytest.approx([0.4])
+
+
+def test_best_and_final_tables_say_which_checkpoint(tmp_path):
+    recs = _records()
+    for r in recs:  # the final evaluation is also the last evaluated step
+        r.histories["eval/chain_id/avg@4"] = [(0, 0.95), (150, r.evals["chain_id"]["avg@4"])]
+        r.histories["eval/chain_ood/avg@4"] = [(0, 0.05), (150, r.evals["chain_ood"]["avg@4"])]
+    final = cell_stats(recs, ["chain_id", "chain_ood"], "avg@4", "eval/chain_id/greedy_acc", n_boot=100)
+    best = cell_stats(recs, ["chain_id", "chain_ood"], "avg@4", "eval/chain_id/greedy_acc", n_boot=100, best=True)
+    md = markdown(best, ["chain_id", "chain_ood"], "avg@4", ["grpo", "cppo"], ["s"], ["fresh"])
+    assert "best checkpoint" in md.splitlines()[0]
+    assert "final checkpoint" in markdown(final, ["chain_id"], "avg@4", ["grpo"], ["s"], ["fresh"]).splitlines()[0]
+    write_csv(best + final, tmp_path / "t.csv")
+    rows = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert {r["checkpoint"] for r in rows} == {"best", "final"} and len(rows) == 2 * 2 * 3
+    g = {r["checkpoint"]: r for r in rows if r["method"] == "grpo" and r["benchmark"] == "mean"}
+    # grpo seeds' step means: step 0 = 0.5 each; step 150 = 0.4, 0.6, 0.5 -> best 0.5, 0.6, 0.5
+    assert float(g["final"]["mean"]) == pytest.approx(0.5)
+    assert float(g["best"]["mean"]) == pytest.approx((0.5 + 0.6 + 0.5) / 3)
 
 
 def test_published_numbers_attach_to_matching_cells():

@@ -187,7 +187,7 @@ def test_done_run_is_left_alone_and_changed_config_refused(tmp_path, base_ckpt, 
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflow_uri):
     from cppo import tracking
 
-    p = write_cfg(tmp_path, rl={**CFG["rl"], "steps": 12, "save_every": 3, "eval_every": 4})
+    p = write_cfg(tmp_path, rl={**CFG["rl"], "steps": 12, "save_every": 3, "eval_every": 4}, eval={"every": 4})
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert train(p, full, base_ckpt, "--setting", "stale", method="cppo") == 0
 
@@ -209,6 +209,24 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflo
     steps = [s for s, _ in tracking.metric_history(run_id, "rollout/reward_mean")]
     assert steps == list(range(1, 13))  # every step exactly once
     assert [s for s, _ in tracking.metric_history(run_id, "eval/chain_id/greedy_acc")] == [0, 4, 8, 12]
+
+    # eval.every 4: the weights of steps 0, 4, 8, 12 are kept, the same whether the run was killed or not;
+    # step 0 is the starting checkpoint and step 12 the final one
+    from safetensors.torch import load_file
+
+    def weights(d):
+        return load_file(str(d / "model.safetensors"))
+
+    def same(a, b):
+        wa, wb = weights(a), weights(b)
+        return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    for run in (full, killed):
+        assert sorted(p.name for p in (run / "steps").iterdir()) == ["step_0", "step_12", "step_4", "step_8"]
+    for n in (0, 4, 8, 12):
+        assert same(full / "steps" / f"step_{n}", killed / "steps" / f"step_{n}"), n
+    assert same(full / "steps" / "step_0", base_ckpt) and same(full / "steps" / "step_12", full / "final")
+    assert not same(full / "steps" / "step_4", full / "steps" / "step_8")
 
 
 @pytest.mark.parametrize("rule", builtin_rules())

@@ -2,7 +2,8 @@
 
 Reads the profile's MLflow experiment (run folders as fallback), then writes into the output
 folder: `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
-collapsed seeds; published numbers beside ours when `report.published` is set), `figures/`
+collapsed seeds; with `eval.every`, both the best checkpoint within [0, T_stop] and the final one;
+published numbers beside ours of the same kind when `report.published` is set), `figures/`
 (stability curves and per-position profiles, PNG + SVG), `summary.md`, and `config.yaml` (the
 config the report was made from).
 """
@@ -51,7 +52,6 @@ def report_settings(cfg: dict) -> dict:
         "bootstrap": int(rep.get("bootstrap", 10_000)),
         "published": rep.get("published"),
         "published_model": rep.get("published_model") or {},
-        "best_within_steps": bool(rep.get("best_within_steps", False)),
     }
 
 
@@ -69,7 +69,7 @@ def main(args) -> int:
     from cppo.report.collect import collect, headline_metric
     from cppo.report.grid import cells as grid_cells, load_config, reference as grid_reference, settings_of
     from cppo.report.summary import write_summary
-    from cppo.report.tables import (attach_published, cell_stats, horizon, load_published, markdown,
+    from cppo.report.tables import (CHECKPOINTS, attach_published, cell_stats, horizon, load_published, markdown,
                                     stability_markdown, stability_stats, write_csv)
 
     try:
@@ -94,7 +94,8 @@ def main(args) -> int:
     keys = set(rs["curves"].values()) | {rs["collapse_metric"], "rule/masked_frac", "rule/div_mean",
                                           "rule/ratio_max", "train/grad_norm", "rule/prefix_reject_frac",
                                           "rule/token_reject_frac"}
-    if rs["best_within_steps"]:
+    with_best = bool((cfg.get("eval") or {}).get("every"))  # checkpoints evaluated in [0, T_stop]
+    if with_best:
         keys |= {f"eval/{b}/{metric}" for b in benchmarks}
     records = collect(cfg, cells, keys, root=args.results_root, use_mlflow=not args.no_mlflow)
     src = {s: sum(r.source == s for r in records) for s in ("mlflow", "files", "missing")}
@@ -110,22 +111,27 @@ def main(args) -> int:
 
     horizons = {(st, sc): horizon(cfg, st, sc) for st in settings for sc in scales}
     stats = cell_stats(records, benchmarks, metric, rs["collapse_metric"], rs["collapse_frac"],
-                       n_boot=rs["bootstrap"], best=rs["best_within_steps"], horizons=horizons)
+                       n_boot=rs["bootstrap"], horizons=horizons)
+    best = cell_stats(records, benchmarks, metric, rs["collapse_metric"], rs["collapse_frac"],
+                      n_boot=rs["bootstrap"], best=True, horizons=horizons) if with_best else []
     stab = stability_stats(records, rs["collapse_metric"], rs["collapse_frac"], n_boot=rs["bootstrap"],
                            horizons=horizons)
     if rs["published"]:
         pub_path = Path(rs["published"])
         if not pub_path.is_file():
             pub_path = Path(tracking.REPO) / rs["published"]
-        attach_published(stats, load_published(pub_path), rs["published_model"])
-    write_csv(stats, out / "table.csv")
+        # the paper reports the best checkpoint in the window: its numbers sit beside ours of the same kind
+        attach_published(best or stats, load_published(pub_path), rs["published_model"])
+    write_csv(best + stats, out / "table.csv")
     write_csv(stab, out / "stability.csv")
-    pct = all(0.0 <= v <= 1.0 for s in stats for v in s.values)
-    table = markdown(stats, benchmarks, metric, methods, scales, settings, pct=pct)
+    pct = all(0.0 <= v <= 1.0 for s in best + stats for v in s.values)
     stab_table = stability_markdown(stab, methods, scales, settings, rs["collapse_metric"], reference)
+    score_tables = "".join(f"## Score of the {CHECKPOINTS[s[0].checkpoint]}\n\n"
+                           f"{markdown(s, benchmarks, metric, methods, scales, settings, pct=pct)}\n"
+                           for s in (best, stats) if s)
     (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n"
                                   f"## Stability over training\n\n{stab_table}\n"
-                                  f"## Final checkpoint\n\n{table}\n"
+                                  f"{score_tables}"
                                   f"Collapsed: seeds whose `{rs['collapse_metric']}` fell below "
                                   f"{rs['collapse_frac']:g} × its step-0 value at some evaluated step within the "
                                   "horizon (the first such step is the time to collapse).\n")
@@ -162,7 +168,7 @@ def main(args) -> int:
 
         claims = claims_section(cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
                                 horizons, n_boot=rs["bootstrap"])
-    text = write_summary(cfg, records, stats, metric=metric, benchmarks=benchmarks,
+    text = write_summary(cfg, records, stats, best=best, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
                          provenance=prov, figures=figures, stab=stab, reference=reference,

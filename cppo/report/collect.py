@@ -1,7 +1,7 @@
 """Gather what the report needs for every run of a grid: metric histories, evaluations, profiles.
 
 Sources, in order: the MLflow child run of the cell (found by its tags, docs/contracts.md §MLflow), then the run
-folder (`metrics.jsonl`, `eval/<benchmark>.json`, `position_profile.json`) for whatever MLflow
+folder (`metrics.jsonl`, `eval/<benchmark>.json`, `eval/steps/step_<n>.json`, `position_profile.json`) for whatever MLflow
 lacks, e.g. runs trained with `--no-mlflow` or a deleted store. A cell with neither is reported
 as missing rather than silently dropped.
 """
@@ -72,6 +72,25 @@ def read_metrics_jsonl(path: Path, keys: set[str] | None = None) -> dict[str, li
     return {k: sorted(d.items()) for k, d in out.items()}
 
 
+def read_step_evals(run_dir: Path, benchmarks: list[str], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """`cppo eval --run`'s per-step files (`<run>/eval/steps/step_<n>.json`) -> {eval/<b>/<metric>: [(n, v)]}."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    folder = run_dir / "eval" / "steps"
+    if not folder.is_dir():
+        return out
+    for p in folder.glob("step_*.json"):
+        try:
+            step = int(p.stem.split("_", 1)[1])
+        except ValueError:
+            continue
+        result = _read_json(p)
+        for b in benchmarks:
+            v = eval_metric(result, b, metric)
+            if v is not None:
+                out.setdefault(f"eval/{b}/{metric}", []).append((step, v))
+    return {k: sorted(h) for k, h in out.items()}
+
+
 def eval_metric(result: Any, benchmark: str, metric: str) -> float | None:
     """Find `metric` of `benchmark` in an evaluation JSON of unknown nesting.
 
@@ -139,6 +158,9 @@ def collect(cfg: dict, cells: list[Cell], metric_keys: set[str], root: Path | st
                     v = eval_metric(_read_json(rec.run_dir / "eval" / f"{b}.json"), b, metric)
                     if v is not None:
                         rec.evals.setdefault(b, {})[metric] = v
+            for key, h in read_step_evals(rec.run_dir, benchmarks, metric).items():
+                if key in metric_keys:
+                    rec.histories.setdefault(key, h)
             rec.position_profile = _read_json(rec.run_dir / "position_profile.json")
             done = rec.run_dir / "done"
             if done.is_file():

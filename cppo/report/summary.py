@@ -101,12 +101,86 @@ def ladder_section(stab: list[CellStats], methods: list[str], scales: list[str],
     return out
 
 
+def score_lines(stats: list[CellStats], methods: list[str], scales: list[str], settings: list[str],
+                reference: tuple[str, str] | None) -> list[str]:
+    """Per setting × scale: the methods ranked by mean score, which differences are separable, collapses."""
+    idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
+    lines = []
+    for setting in settings:
+        for scale in scales:
+            cells = [idx[(setting, m, scale, "mean")] for m in methods if (setting, m, scale, "mean") in idx]
+            cells = [c for c in cells if c.values]
+            if not cells:
+                lines.append(f"- `{setting}` / scale `{scale}`: no evaluated runs.")
+                continue
+            ranked = sorted(cells, key=lambda c: -c.mean)
+            best = ranked[0]
+            if len(ranked) == 1:
+                what = "the on-policy reference" if reference and setting == reference[0] else "nothing to compare"
+                lines.append(f"- `{setting}` / scale `{scale}`: only {best.method} has evaluated runs "
+                             f"({_pct(best.mean)}, n={len(best.values)}); {what}.")
+                continue
+            order = ", ".join(f"{c.method} {_pct(c.mean)}" for c in ranked)
+            sep = [c.method for c in ranked[1:] if not ci_overlap((best.mean, best.lo, best.hi), (c.mean, c.lo, c.hi))]
+            tied = [c.method for c in ranked[1:] if c.method not in sep]
+            text = f"- `{setting}` / scale `{scale}`: mean score {order}."
+            if tied:
+                text += (f" The top method ({best.method}) is **not separable** from {', '.join(tied)} "
+                         "(overlapping 95% intervals)")
+                text += f"; it is above {', '.join(sep)} with non-overlapping intervals." if sep else "."
+            else:
+                text += f" {best.method} is ahead of every other method with non-overlapping 95% intervals."
+            col = [f"{c.method} {c.n_collapsed}/{c.n_decided}" for c in cells if c.n_collapsed]
+            text += (" Collapsed seeds: " + ", ".join(col) + ".") if col else " No seed collapsed."
+            lines.append(text)
+    return lines
+
+
+def selection_lines(best: list[CellStats], final: list[CellStats], records: list[RunRecord],
+                    benchmarks: list[str], metric: str, every: int, horizons: dict) -> list[str]:
+    """What choosing the best checkpoint per seed does: the paper's selection, and by how much it raises
+    the score over the final checkpoint here (paired per seed)."""
+    from cppo.report.tables import best_step, step_means
+
+    fin = {(c.setting, c.method, c.scale): dict(zip(c.seeds, c.values)) for c in final if c.benchmark == "mean"}
+    gains, at_final, n_steps = [], 0, []
+    for c in best:
+        if c.benchmark != "mean":
+            continue
+        f = fin.get((c.setting, c.method, c.scale), {})
+        gains += [v - f[sd] for sd, v in zip(c.seeds, c.values) if sd in f]
+    for r in records:
+        H = horizons.get((r.cell.setting, r.cell.scale))
+        means = step_means(r, benchmarks, metric, H)
+        if means:
+            n_steps.append(len(means))
+            at_final += best_step(r, benchmarks, metric, H) == max(means)
+    out = ["## Checkpoint selection: best in the window and final", "",
+           f"Every run is evaluated at step 0 and every {every} steps up to its final step (`eval.every`), with the "
+           f"same `cppo eval` settings as the final checkpoint. The **best** score of a seed is its highest mean "
+           f"`{metric}` over those checkpoints: this is what the paper reports (the best mean within [0, T_stop]). "
+           "The checkpoint is chosen on the test benchmarks themselves, with no held-out selection set, so the "
+           "best score is **optimistically biased**: it picks up evaluation noise as well as real peaks, and the "
+           "more checkpoints are evaluated, the larger that bias. The **final** score has no selection. Both are "
+           "in `table.md` and `table.csv` (column `checkpoint`)."]
+    if gains:
+        m, lo, hi = bootstrap_ci(gains, n_boot=2000)
+        out.append("")
+        out.append(f"Here the best score exceeds the final one by {100 * m:.1f} points on average over "
+                   f"{len(gains)} seeds (95% CI [{100 * lo:.1f}, {100 * hi:.1f}]; largest {100 * max(gains):.1f}); "
+                   f"{at_final} of {len(n_steps)} runs have their best at the final checkpoint; "
+                   f"{int(np.median(n_steps)) if n_steps else 0} checkpoints per run (median).")
+    out.append("")
+    return out
+
+
 def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *, metric: str,
                   benchmarks: list[str], collapse_metric: str, collapse_frac: float, methods: list[str],
                   scales: list[str], settings: list[str], wall_s: float | None, provenance: dict,
                   figures: list[str], stab: list[CellStats] | None = None,
                   reference: tuple[str, str] | None = None, horizons: dict | None = None,
-                  notes: list[str] | None = None, headline: list[str] | None = None) -> str:
+                  notes: list[str] | None = None, headline: list[str] | None = None,
+                  best: list[CellStats] | None = None) -> str:
     profile = cfg["profile"]
     grid = cfg["grid"]
     n_total = len(records)
@@ -148,7 +222,9 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
         lines.append("- Runs stopped by the non-finite guard: " + ", ".join(
             f"{r.cell.setting}/{r.cell.method}/{r.cell.scale}/seed{r.cell.seed}" for r in stopped))
     lines += ["", "## Definitions", "",
-              f"- **Score**: `{metric}` of the final checkpoint (`cppo eval`, {cfg.get('eval', {}).get('n', 1)} samples "
+              f"- **Score**: `{metric}` of the final checkpoint" + (" and of the best checkpoint within [0, T_stop]"
+                                                              if best else "") +
+              f" (`cppo eval`, {cfg.get('eval', {}).get('n', 1)} samples "
               f"per problem at temperature {cfg.get('eval', {}).get('temperature', 0.7)}) on each benchmark; **mean** = "
               "unweighted mean over the benchmarks, per seed. Table cells: mean over seeds with a 95% percentile "
               "bootstrap interval, and the interquartile mean (IQM).",
@@ -160,35 +236,12 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
     if stab:
         lines += ladder_section(stab, methods, scales, settings, reference, collapse_metric, horizons or {})
 
-    idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
+    if best:
+        lines += selection_lines(best, stats, records, benchmarks, metric, int(cfg["eval"]["every"]), horizons or {})
+        lines += [f"## Best scores (`{metric}` of the best checkpoint within [0, T_stop], per seed)", ""]
+        lines += score_lines(best, methods, scales, settings, reference) + [""]
     lines += [f"## Final scores (`{metric}` of the final checkpoint)", ""]
-    for setting in settings:
-        for scale in scales:
-            cells = [idx[(setting, m, scale, "mean")] for m in methods if (setting, m, scale, "mean") in idx]
-            cells = [c for c in cells if c.values]
-            if not cells:
-                lines.append(f"- `{setting}` / scale `{scale}`: no evaluated runs.")
-                continue
-            ranked = sorted(cells, key=lambda c: -c.mean)
-            best = ranked[0]
-            if len(ranked) == 1:
-                what = "the on-policy reference" if reference and setting == reference[0] else "nothing to compare"
-                lines.append(f"- `{setting}` / scale `{scale}`: only {best.method} has evaluated runs "
-                             f"({_pct(best.mean)}, n={len(best.values)}); {what}.")
-                continue
-            order = ", ".join(f"{c.method} {_pct(c.mean)}" for c in ranked)
-            sep = [c.method for c in ranked[1:] if not ci_overlap((best.mean, best.lo, best.hi), (c.mean, c.lo, c.hi))]
-            tied = [c.method for c in ranked[1:] if c.method not in sep]
-            text = f"- `{setting}` / scale `{scale}`: mean score {order}."
-            if tied:
-                text += (f" The top method ({best.method}) is **not separable** from {', '.join(tied)} "
-                         "(overlapping 95% intervals)")
-                text += f"; it is above {', '.join(sep)} with non-overlapping intervals." if sep else "."
-            else:
-                text += f" {best.method} is ahead of every other method with non-overlapping 95% intervals."
-            col = [f"{c.method} {c.n_collapsed}/{c.n_decided}" for c in cells if c.n_collapsed]
-            text += (" Collapsed seeds: " + ", ".join(col) + ".") if col else " No seed collapsed."
-            lines.append(text)
+    lines += score_lines(stats, methods, scales, settings, reference)
     # facts that bound what the table can say
     for b in benchmarks:
         vals = [v for st in stats if st.benchmark == b for v in st.values]
@@ -255,8 +308,8 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
               "- These are tiny from-scratch models on a synthetic task, CPU-sized: they test whether the rules "
               "behave as the paper says under off-policy pressure (stability, masking), not the paper's AIME "
               "numbers." if cfg.get("task", {}).get("name") == "chain" else
-              "- Scores are single final evaluations (or the best step when configured); no test of significance "
-              "beyond the bootstrap intervals is made.",
+              "- Scores are single evaluations of one checkpoint per seed (final, or the best in the window); no "
+              "test of significance beyond the bootstrap intervals is made.",
               "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
               "specifies), so a difference between settings cannot be attributed to either alone."
               if {"fresh", "stale"} <= set(settings) else None,

@@ -1,10 +1,14 @@
 """The comparison table in the paper's layout: methods × scales, per benchmark and their mean.
 
 Each cell aggregates over seeds: mean with a 95% bootstrap CI, the IQM and the number of collapsed
-seeds. Per seed the score of a benchmark is the final evaluation's headline metric (e.g. avg@4)
-or, with `report.best_within_steps`, the best evaluated step (the paper reports the best mean
-within [0, T_stop]); the "mean" column is the unweighted mean over benchmarks, per seed, before
-the statistics (as the paper averages AIME24/25/26).
+seeds. Per seed the score of a benchmark is the headline metric (e.g. avg@4) of one checkpoint:
+- **final**: the final checkpoint;
+- **best** (profiles with `eval.every`): the evaluated checkpoint within [0, T_stop] whose mean over
+  the benchmarks is highest, as the paper reports; each benchmark's value is taken at that same step
+  (so the mean column is the mean of the benchmark columns). Selecting on the test benchmarks
+  themselves makes this an optimistic estimate.
+The "mean" column is the unweighted mean over benchmarks, per seed, before the statistics (as the
+paper averages AIME24/25/26).
 """
 
 from __future__ import annotations
@@ -41,24 +45,44 @@ class CellStats:
     n_runs: int = 0
     """seeds in the grid"""
     published: float | None = None
+    checkpoint: str = ""
+    """which checkpoint per seed: "final" or "best" (in the window); "" for stability measures"""
 
 
-def _score(rec: RunRecord, benchmark: str, metric: str, best: bool) -> float:
-    if best:
-        hist = rec.histories.get(f"eval/{benchmark}/{metric}")
-        if hist:
-            return max(v for _, v in hist)
-    v = rec.evals.get(benchmark, {}).get(metric)
+CHECKPOINTS = {
+    "best": "best checkpoint within [0, T_stop] (per seed, the evaluated step with the highest mean over "
+            "the benchmarks, chosen on the test benchmarks themselves, as in the paper)",
+    "final": "final checkpoint",
+}
+"""The two per-seed checkpoint selections of the score table."""
+
+
+def step_means(rec: RunRecord, benchmarks: list[str], metric: str,
+               horizon: int | None = None) -> dict[int, float]:
+    """step -> mean of `metric` over the benchmarks, for the evaluated steps in [0, horizon] at which
+    every benchmark was evaluated (from the `eval/<benchmark>/<metric>` histories)."""
+    hists = [dict(rec.histories.get(f"eval/{b}/{metric}") or []) for b in benchmarks]
+    common = set.intersection(*(set(h) for h in hists)) if hists else set()
+    return {s: sum(h[s] for h in hists) / len(hists) for s in sorted(common) if horizon is None or s <= horizon}
+
+
+def best_step(rec: RunRecord, benchmarks: list[str], metric: str, horizon: int | None = None) -> int | None:
+    """The evaluated step in [0, horizon] with the highest mean over the benchmarks (earliest on ties)."""
+    means = step_means(rec, benchmarks, metric, horizon)
+    return max(means, key=lambda s: (means[s], -s)) if means else None
+
+
+def _score(rec: RunRecord, benchmark: str, metric: str, step: int | None = None) -> float:
+    """`metric` of `benchmark` at `step` (from its history), or of the final evaluation when step is None."""
+    if step is not None:
+        v = dict(rec.histories.get(f"eval/{benchmark}/{metric}") or []).get(step)
+    else:
+        v = rec.evals.get(benchmark, {}).get(metric)
     return math.nan if v is None else float(v)
 
 
-def _mean_score(rec: RunRecord, benchmarks: list[str], metric: str, best: bool) -> float:
-    if best:  # best step of the mean over benchmarks (steps where every benchmark was evaluated)
-        hists = [dict(rec.histories.get(f"eval/{b}/{metric}") or []) for b in benchmarks]
-        common = set.intersection(*(set(h) for h in hists)) if hists else set()
-        if common:
-            return max(sum(h[s] for h in hists) / len(hists) for s in common)
-    vals = [_score(rec, b, metric, False) for b in benchmarks]
+def _mean_score(rec: RunRecord, benchmarks: list[str], metric: str, step: int | None = None) -> float:
+    vals = [_score(rec, b, metric, step) for b in benchmarks]
     return sum(vals) / len(vals) if vals and all(math.isfinite(v) for v in vals) else math.nan
 
 
@@ -89,18 +113,25 @@ def _collapse_counts(recs: list[RunRecord], collapse_metric: str, frac: float, h
 def cell_stats(records: list[RunRecord], benchmarks: list[str], metric: str, collapse_metric: str,
                collapse_frac: float = 0.5, n_boot: int = 10_000, best: bool = False,
                horizons: dict[tuple[str, str], int | None] | None = None) -> list[CellStats]:
-    """Statistics per (setting, method, scale) × (each benchmark, "mean").
+    """Statistics per (setting, method, scale) × (each benchmark, "mean"), of the final checkpoint or,
+    with `best`, of each seed's best evaluated checkpoint within [0, horizon] (`best_step`).
 
-    `horizons`: (setting, scale) -> planned steps, the censoring horizon of the collapse test
-    (default: each run's last logged step)."""
+    `horizons`: (setting, scale) -> planned steps, the censoring horizon of the collapse test and the
+    end of the window of `best` (default: each run's last logged step)."""
     horizons = horizons or {}
     out = []
     for (setting, method, rule, scale), recs in _groups(records).items():
         n_col, n_dec = _collapse_counts(recs, collapse_metric, collapse_frac, horizons)
+        # best: one step per seed, chosen on the mean; a seed without evaluated steps has no best score
+        steps = {id(r): best_step(r, benchmarks, metric, horizons.get((setting, scale))) for r in recs} if best else {}
         for b in [*benchmarks, "mean"]:
-            cs = CellStats(setting, method, rule, scale, b, n_collapsed=n_col, n_decided=n_dec, n_runs=len(recs))
+            cs = CellStats(setting, method, rule, scale, b, n_collapsed=n_col, n_decided=n_dec, n_runs=len(recs),
+                           checkpoint="best" if best else "final")
             for r in recs:
-                v = _mean_score(r, benchmarks, metric, best) if b == "mean" else _score(r, b, metric, best)
+                step = steps.get(id(r))
+                if best and step is None:
+                    continue
+                v = _mean_score(r, benchmarks, metric, step) if b == "mean" else _score(r, b, metric, step)
                 if math.isfinite(v):
                     cs.values.append(v)
                     cs.seeds.append(r.cell.seed)
@@ -229,13 +260,16 @@ def _fmt_ci(s: CellStats, pct: bool = True, fmt=None) -> str:
 
 
 def write_csv(stats: list[CellStats], path: Path) -> None:
-    cols = ["setting", "method", "rule", "scale", "benchmark", "n_seeds", "mean", "ci95_lo", "ci95_hi", "iqm",
-            "collapsed", "collapse_decided", "n_runs", "seed_values", "published"]
+    """One row per cell; a `checkpoint` column (final / best) when the cells have one."""
+    with_ckpt = any(s.checkpoint for s in stats)
+    cols = ["setting", "method", "rule", "scale", *(["checkpoint"] if with_ckpt else []), "benchmark", "n_seeds",
+            "mean", "ci95_lo", "ci95_hi", "iqm", "collapsed", "collapse_decided", "n_runs", "seed_values", "published"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
         for s in stats:
-            w.writerow([s.setting, s.method, s.rule, s.scale, s.benchmark, len(s.values),
+            w.writerow([s.setting, s.method, s.rule, s.scale, *([s.checkpoint] if with_ckpt else []), s.benchmark,
+                        len(s.values),
                         *(f"{v:.6g}" if math.isfinite(v) else "" for v in (s.mean, s.lo, s.hi, s.iqm)),
                         s.n_collapsed, s.n_decided, s.n_runs,
                         json.dumps(dict(zip(s.seeds, (round(v, 6) for v in s.values)))),
@@ -244,13 +278,15 @@ def write_csv(stats: list[CellStats], path: Path) -> None:
 
 def markdown(stats: list[CellStats], benchmarks: list[str], metric: str, methods: list[str], scales: list[str],
              settings: list[str], pct: bool = True) -> str:
-    """Markdown tables: per setting, the headline (mean over benchmarks) and per-benchmark tables."""
+    """Markdown tables: per setting, the headline (mean over benchmarks) and per-benchmark tables, of
+    one checkpoint selection (the cells' `checkpoint`, named in every heading)."""
     idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
     unit = " (%)" if pct else ""
     has_pub = any(s.published is not None for s in stats)
+    which = next((s.checkpoint for s in stats if s.checkpoint), "final")
     lines = []
     for setting in settings:
-        lines += [f"### Setting `{setting}`: mean of {', '.join(benchmarks)} ({metric}{unit})", ""]
+        lines += [f"### Setting `{setting}`: mean of {', '.join(benchmarks)} ({metric}{unit}), {which} checkpoint", ""]
         head = ["method"]
         for sc in scales:
             head += [f"{sc}: mean [95% CI]", f"{sc}: IQM", f"{sc}: collapsed"] + ([f"{sc}: paper"] if has_pub else [])

@@ -89,28 +89,83 @@ def step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def save_step(ckpt_root: Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
-    """Write ``checkpoints/step_<step>/`` (HF model + trainer state) atomically; prune old ones."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step}.tmp-", dir=ckpt_root))
+def _write_step_dir(root: Path, step: int, model, tokenizer, state: dict | None) -> Path:
+    """``root/step_<step>/`` (HF model + tokenizer, + trainer state when given), renamed into place complete."""
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step}.tmp-", dir=root))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        torch.save(state, tmp / STATE_FILE)
-        final = ckpt_root / f"step_{step}"
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        final = root / f"step_{step}"
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    for _, old in step_dirs(ckpt_root)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for leftover in ckpt_root.glob(".step_*.tmp-*"):  # from a killed earlier attempt
+    for leftover in root.glob(".step_*.tmp-*"):  # from a killed earlier attempt
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def save_step(ckpt_root: Path, step: int, model, tokenizer, state: dict, keep: int) -> Path:
+    """Write ``checkpoints/step_<step>/`` (HF model + trainer state) atomically; prune old ones."""
+    final = _write_step_dir(ckpt_root, step, model, tokenizer, state)
+    for _, old in step_dirs(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_weights(root: Path, step: int, model, tokenizer) -> Path:
+    """Write ``steps/step_<step>/`` (HF model + tokenizer only, never pruned): the weights of an evaluated
+    step (``eval.every``), kept so the pipeline can score every checkpoint in [0, T_stop]."""
+    return _write_step_dir(root, step, model, tokenizer, None)
+
+
+def weight_steps(root: Path) -> list[tuple[int, Path]]:
+    """Complete ``steps/step_<n>/`` folders of :func:`save_weights` (or verl's harvested ones), oldest first."""
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"step_(\d+)", p.name)
+        if m and (p / "config.json").is_file():
+            out.append((int(m.group(1)), p))
+    return sorted(out)
 
 
 def load_state(step_dir: Path) -> dict:
     """The trainer state of a step checkpoint, on the CPU whichever device wrote it (the trainer places it)."""
     return torch.load(step_dir / STATE_FILE, weights_only=False, map_location="cpu")
+
+
+def final_step(run_dir: Path) -> int:
+    """The training step of a run folder's final checkpoint: from the `done` marker (JSON with "step"),
+    else the last step of `metrics.jsonl`, else verl's checkpoint tracker. ValueError when none tells."""
+    run_dir = Path(run_dir)
+    done = run_dir / "done"
+    if done.is_file():
+        try:
+            state = json.loads(done.read_text() or "{}")
+        except json.JSONDecodeError:
+            state = {}
+        if isinstance(state, dict) and isinstance(state.get("step"), int):
+            return state["step"]
+    last = None
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text().splitlines():
+            try:
+                row = json.loads(line) if line.strip() else None
+            except json.JSONDecodeError:
+                continue  # a torn last line of a killed run
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                last = row["step"]
+    latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"  # verl's checkpoints
+    if last is None and latest.is_file() and latest.read_text().strip().isdigit():
+        last = int(latest.read_text().strip())
+    if last is None:
+        raise ValueError(f"cannot tell the final step of {run_dir} (no done marker, metrics.jsonl or verl tracker)")
+    return last

@@ -24,6 +24,7 @@ rollout temperature, so that with fresh weights π_old = μ up to numerics.
 
 Files (run folder, docs/contracts.md §Runs): ``config.yaml``, ``metrics.jsonl`` (one JSON object per rollout
 step, deterministic values only), ``perf.jsonl`` (timings), ``checkpoints/step_<n>/``, ``final/``,
+``steps/step_<n>/`` (weights at every multiple of ``eval.every``, for the pipeline's evaluations),
 ``position_profile.json``, ``done`` (written last). MLflow gets the same metrics, flushed at
 checkpoint boundaries only, so a resumed run never logs a step twice.
 """
@@ -285,6 +286,14 @@ class Trainer:
                        keep=self.rl.keep_checkpoints)
         self._flush_mlflow()
 
+    def _keep_weights(self) -> None:
+        """At every multiple of ``eval.every`` (step 0 included): the weights, for the pipeline's
+        evaluation of each checkpoint in [0, T_stop]. Written before the step checkpoint, so a resumed
+        run has every kept step up to the one it resumes from (a later one is rewritten, identically)."""
+        every = self.run_cfg.eval.every
+        if every and self.step % every == 0:
+            ckpt.save_weights(self.run_dir / "steps", self.step, self.model, self.tok)
+
     def _flush_mlflow(self) -> None:
         if self.buffer is not None:
             self.buffer.flush()
@@ -466,6 +475,7 @@ class Trainer:
         if not resumed and self.step == 0:
             m = self.evaluate() if rl.eval_every else {}
             self._log(0, m)
+            self._keep_weights()
         bar = tqdm(total=rl.steps, initial=self.step, desc=f"{self.run_cfg.method.name}/{self.run_cfg.scale}/seed{self.run_cfg.seed}",
                    disable=not self.progress, dynamic_ncols=True)
         last = {}
@@ -481,6 +491,7 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(reward=f"{m['rollout/reward_mean']:.3f}",
                             masked=f"{m.get('rule/masked_frac', 0.0):.4f}")
+            self._keep_weights()
             if (rl.save_every and self.step % rl.save_every == 0) or self.step == rl.steps or self.stopped_reason:
                 self._save()
         bar.close()

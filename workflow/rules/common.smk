@@ -110,7 +110,7 @@ def digest(*parts):
 def run_digest(wc):
     return digest(config.get("backend"), config.get("task"), config["scales"][wc.scale], config.get("sft"),
                   config.get("rl"), (config.get("settings") or {}).get(wc.setting),
-                  config["methods"][wc.method], int(wc.seed))
+                  config["methods"][wc.method], int(wc.seed), (config.get("eval") or {}).get("every"))
 
 
 def benchmarks():

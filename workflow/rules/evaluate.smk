@@ -1,6 +1,8 @@
-# Evaluation of each run's final checkpoint on eval.benchmarks, logged into the run's MLflow child.
-# One `cppo eval` process per run covers every benchmark (the model is loaded once); its result is
-# then split into <run>/eval/<benchmark>.json.
+# Evaluation of each run on eval.benchmarks, logged into the run's MLflow child. One `cppo eval --run`
+# process per run (the evaluation harness is loaded once) scores every checkpoint the run kept for it:
+# with `eval.every`, <run>/steps/step_<n> (step 0 included; for a hub model without a kept step 0, the
+# hub model itself), and always <run>/final. Per step: <run>/eval/steps/step_<n>.json and MLflow
+# eval/<benchmark>/<metric> at step n; the final's result is then split into <run>/eval/<benchmark>.json.
 
 
 # Profile key -> `cppo eval` flag. Only the keys the profile sets are passed: a key it leaves out
@@ -10,14 +12,20 @@ EVAL_FLAGS = {"n": "--n", "temperature": "--temperature", "top_p": "--top-p", "b
               "template": "--template", "device": "--device", "dtype": "--dtype"}
 
 
+def eval_base(wc):
+    """Step 0 of a hub-model run (verl keeps no checkpoint of step 0): the hub model itself."""
+    every = (config.get("eval") or {}).get("every")
+    return f"--base {shlex.quote(str(config['scales'][wc.scale]['hub']))}" if every and is_hub(wc.scale) else ""
+
+
 def eval_args():
     e = config.get("eval") or {}
     return " ".join(f"{flag} {e[key]}" for key, flag in EVAL_FLAGS.items() if e.get(key) is not None)
 
 
 rule evaluate:
-    """`cppo eval` of <run>/final on every benchmark -> <run>/eval/<benchmark>.json, and the metrics
-    into MLflow as eval/<benchmark>/<metric> at the final checkpoint's step."""
+    """`cppo eval --run` of every kept checkpoint and <run>/final on every benchmark ->
+    <run>/eval/steps/step_<n>.json, <run>/eval/<benchmark>.json (final), MLflow eval/<benchmark>/<metric>."""
     input:
         done=RUN + "/done",
     output:
@@ -29,6 +37,7 @@ rule evaluate:
         combined=RUN + "/eval/_all.json",
         benchmarks=",".join(benchmarks()),
         args=eval_args(),
+        base=eval_base,
         digest=lambda wc: digest(config.get("eval")),
     threads: 1
     resources:
@@ -37,9 +46,9 @@ rule evaluate:
         """
         export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}
         (
-          TRACK=$({PYTHON} {SCRIPTS}/run_info.py {params.run_dir:q} --mlflow-args)
-          {CPPO} eval {params.run_dir:q}/final --benchmarks {params.benchmarks} {params.args} \
-              --config {CONFIG:q} --out {params.combined:q} $TRACK
+          TRACK=$({PYTHON} {SCRIPTS}/run_info.py {params.run_dir:q} --mlflow-id-args)
+          {CPPO} eval --run {params.run_dir:q} {params.base} --benchmarks {params.benchmarks} {params.args} \
+              --config {CONFIG:q} --out {params.combined:q} --no-progress $TRACK
           {PYTHON} {SCRIPTS}/split_eval.py {params.combined:q} {params.run_dir:q}/eval
         ) > {log:q} 2>&1
         """
