@@ -292,18 +292,19 @@ mkdir -p "$d/global_step_$t/actor/huggingface" && echo "$t" > "$d/latest_checkpo
 """
 
 
-def _run_script(tmp_path, run_dir, steps=40):
-    c = load_config(FIXTURE, FIXED + [f"scales.qwen3_1p7b.rl.steps={steps}"])
+def _run_script(tmp_path, run_dir, steps=40, sets=(), fake=FAKE_PYTHON, rc=0):
+    c = load_config(FIXTURE, FIXED + [f"scales.qwen3_1p7b.rl.steps={steps}", *sets])
     script = tmp_path / "run.sh"
     script.write_text(_cmd(c, "cppo", "qwen3_1p7b", run_dir=run_dir).script())
     bindir, calls = tmp_path / "bin", tmp_path / "calls"
     bindir.mkdir(exist_ok=True)
     calls.mkdir(exist_ok=True)
-    (bindir / "python3").write_text(FAKE_PYTHON)
+    (bindir / "python3").write_text(fake)
     (bindir / "python3").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls)}
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(calls),
+           "CPPO_HARVEST_EVERY_S": "0.05"}
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == rc, proc.stderr
     return proc.stderr, [p.read_text().splitlines() for p in sorted(calls.iterdir())]
 
 
@@ -343,6 +344,109 @@ def test_script_does_not_rerun_a_finished_run(tmp_path):
     log, calls = _run_script(tmp_path, run_dir, steps=40)
     assert calls == [] and "final step 40: not starting verl" in log
     assert (run_dir / "done").exists() and (run_dir / "final").resolve() == (ckpt / "global_step_40" / "actor" / "huggingface")
+
+
+# --------------------------------------------------------------------------- intermediate steps (eval.every)
+FAKE_PRUNING_VERL = """#!/usr/bin/env bash
+# stands in for verl: a checkpoint with HF weights every save_freq steps from the tracker's step on, the
+# tracker written after each, and retention as verl's: before a save it keeps max_actor_ckpt_to_keep - 1
+printf '%s\\n' "$@" > "$CALLS/argv.$(ls "$CALLS" | wc -l)"
+for a in "$@"; do case "$a" in trainer.default_local_dir=*) d="${a#*=}";; trainer.total_training_steps=*) t="${a#*=}";;
+  trainer.save_freq=*) f="${a#*=}";; trainer.max_actor_ckpt_to_keep=*) k="${a#*=}";; esac; done
+q="'"; d="${d#$q}"; d="${d%$q}"
+saved=()
+for ((s = $(cat "$d/latest_checkpointed_iteration.txt" 2>/dev/null || echo 0) + f; s <= t; s += f)); do
+    if [ "${#saved[@]}" -ge "$k" ]; then
+        old="${saved[0]}"; saved=("${saved[@]:1}")
+        # a real save interval is minutes: give the harvest (polling every 0.05 s here) up to 5 s
+        for i in $(seq 100); do [ -e "$d/../steps/step_$old" ] && break; sleep 0.05; done
+        rm -rf "$d/global_step_$old/actor"
+    fi
+    mkdir -p "$d/global_step_$s/actor/huggingface"
+    echo "weights of step $s" > "$d/global_step_$s/actor/huggingface/config.json"
+    saved+=("$s")
+    echo "$s" > "$d/latest_checkpointed_iteration.txt"
+done
+"""
+KEEP = ["eval.every=20", "rl.keep_checkpoints=2"]
+
+
+def test_script_keeps_the_hf_weights_of_every_evaluated_step(tmp_path):
+    """verl with retention 2 deletes step 20 when it saves step 60: the script has hard-linked it to
+    steps/step_20 by then, and steps 40 and 60 too (same inode as verl's file: no bytes copied)."""
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    log, calls = _run_script(tmp_path, run_dir, steps=60, sets=KEEP, fake=FAKE_PRUNING_VERL)
+    assert len(calls) == 1 and "trainer.max_actor_ckpt_to_keep=2" in calls[0]
+    assert not (ckpt / "global_step_20" / "actor").exists()  # pruned as verl would
+    for n in (20, 40, 60):
+        kept = run_dir / "steps" / f"step_{n}" / "config.json"
+        assert kept.read_text() == f"weights of step {n}\n", n
+        assert f"kept the HF weights of step {n}" in log
+        if n > 20:
+            src = ckpt / f"global_step_{n}" / "actor" / "huggingface" / "config.json"
+            assert kept.stat().st_ino == src.stat().st_ino
+    assert sorted(p.name for p in (run_dir / "steps").iterdir()) == ["step_20", "step_40", "step_60"]  # no .tmp left
+    assert "warning" not in log
+    assert (run_dir / "final").resolve() == (ckpt / "global_step_60" / "actor" / "huggingface")
+    assert (run_dir / "done").exists()
+
+
+def test_harvest_on_a_finished_run_is_idempotent(tmp_path):
+    """The retry of a run killed after its final checkpoint: no verl, the final pass keeps what is left,
+    names the step that is gone, and a second pass changes nothing (a killed pass's .tmp is redone)."""
+    run_dir = tmp_path / "run"
+    ckpt = run_dir / "checkpoints"
+    for n in (40, 60):
+        (ckpt / f"global_step_{n}" / "actor" / "huggingface").mkdir(parents=True)
+        (ckpt / f"global_step_{n}" / "actor" / "huggingface" / "config.json").write_text(str(n))
+    (ckpt / "global_step_80" / "actor" / "huggingface").mkdir(parents=True)  # not complete: above the tracker
+    (ckpt / "latest_checkpointed_iteration.txt").write_text("60")
+    (run_dir / "steps" / ".step_40.tmp").mkdir(parents=True)  # a pass killed mid-copy
+    for _ in range(2):
+        log, calls = _run_script(tmp_path, run_dir, steps=60, sets=KEEP)
+        assert calls == [] and "not starting verl" in log
+        assert sorted(p.name for p in (run_dir / "steps").iterdir()) == ["step_40", "step_60"]
+        assert "no HF weights kept for step 20" in log
+        src = ckpt / "global_step_40" / "actor" / "huggingface" / "config.json"
+        assert (run_dir / "steps" / "step_40" / "config.json").stat().st_ino == src.stat().st_ino
+    assert "kept the HF weights" not in log  # the second pass found both kept
+
+
+def test_harvest_stops_when_verl_fails(tmp_path):
+    """verl crashes after saving step 20: the script fails (the retry resumes) without hanging on the
+    background loop, and what the loop kept stays."""
+    head = FAKE_PRUNING_VERL.rpartition("done\n")[0]  # stop after the first save, once the loop kept it
+    crash = head + ('    break\ndone\n'
+                    'for i in $(seq 100); do [ -e "$d/../steps/step_20" ] && break; sleep 0.05; done\nexit 1\n')
+    run_dir = tmp_path / "run"
+    t0 = time.monotonic()
+    _run_script(tmp_path, run_dir, steps=60, sets=KEEP, fake=crash, rc=1)
+    assert time.monotonic() - t0 < 30
+    assert (run_dir / "steps" / "step_20" / "config.json").read_text() == "weights of step 20\n"
+    assert not (run_dir / "steps" / "step_40").exists() and not (run_dir / "done").exists()
+
+
+def test_script_without_eval_every_keeps_no_steps(cfg):
+    assert "harvest" not in _cmd(cfg, "cppo", "qwen3_1p7b").script()
+    assert _cmd(load_config(FIXTURE, FIXED + KEEP), "cppo", "qwen3_1p7b").keep_every == 20
+
+
+@pytest.mark.parametrize("sets, words", [
+    (["eval.every=20"], ["eval.every=20", "rl.keep_checkpoints >= 2", "has 1"]),
+    (KEEP[1:] + ["eval.every=30"], ["eval.every=30", "rl.save_every=20"]),
+    (KEEP + ["scales.qwen3_1p7b.rl.save_every=40"], ["eval.every=20", "rl.save_every=40", "qwen3_1p7b"]),
+])
+def test_eval_every_errors_are_one_line(tmp_path, capsys, sets, words):
+    from cppo.cli import main
+
+    argv = ["verl-cmd", str(FIXTURE), "--method", "cppo", "--scale", "qwen3_1p7b", "--seed", "1",
+            "--run-dir", str(tmp_path / "run"), "--format", "script", "--out", str(tmp_path / "run.sh")]
+    assert main(argv + [a for kv in sets for a in ("--set", kv)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and err.startswith("cppo verl-cmd: "), err
+    assert all(w in err for w in words), err
+    assert not (tmp_path / "run.sh").exists()
 
 
 def test_multi_node_script_under_snakemakes_slurm_job_step(tmp_path):

@@ -29,6 +29,10 @@ What the command encodes (keys checked against verl 0.9.1's `trainer/config/_gen
   continues from the step that `latest_checkpointed_iteration.txt` names (verl writes it after a
   checkpoint is complete); the script says which step it resumes from and skips verl when the last
   checkpoint is already the final step;
+- intermediate weights (`eval.every`): verl keeps only `rl.keep_checkpoints` checkpoints, so the script
+  hard-links (`cp -al`) the HF weights of every complete checkpoint whose step is a multiple of
+  `eval.every` to `<run_dir>/steps/step_<n>` while verl runs and once more after it (see
+  `VerlCommand.script`); step 0 has no checkpoint (the pipeline evaluates the base model for it);
 - MLflow: trainer.logger=[console,mlflow], MLFLOW_TRACKING_URI = our store, experiment = profile,
   run name = `<setting>/<method>/<scale>/seed<k>`; with a run folder the child run is created first by
   `cppo.tracking.start_child` and verl attaches to it through MLFLOW_RUN_ID (verl 0.9.1 honours it).
@@ -123,6 +127,8 @@ class VerlCommand:
     """Deviations and facts worth a comment line (e.g. a top-K divergence replaced by binary)."""
     settings: Optional[VerlSettings] = None
     """The resolved cluster settings."""
+    keep_every: Optional[int] = None
+    """`eval.every`: keep the HF weights of every multiple of it as `steps/step_<n>` (None: none kept)."""
 
     @property
     def overrides(self) -> list[str]:
@@ -146,6 +152,19 @@ class VerlCommand:
         The script is what a (re-submitted) pipeline job runs. verl itself resumes (resume_mode=auto
         with the run's checkpoint folder); the script reports the step it resumes from and, when the last
         complete checkpoint already is the final step, links it without starting verl (and Ray) again.
+
+        With `keep_every` (eval.every) a background loop (every CPPO_HARVEST_EVERY_S seconds, default 60)
+        hard-links `global_step_<m>/actor/huggingface` to `steps/step_<m>` for each multiple m of it up to
+        the step the tracker names, and one more pass runs after verl (or instead of it) and on every
+        re-submission. Why that is race-free enough: step m is complete once the tracker names >= m, and
+        with retention K >= 2 verl deletes m only when it starts saving m + K·save_freq (keeping K-1
+        checkpoints before a save), so the harvest has K-1 >= 1 whole save intervals (many minutes)
+        against a 60 s poll, and the checkpoint the tracker names is never the one being deleted; with
+        K = 1 verl deletes m right after saving m + save_freq, before the tracker moves on (so
+        `verl_command` refuses that). verl never prunes the checkpoints of an earlier attempt (its list
+        of saved paths starts empty), so a retry harvests what a killed attempt left. A linked step is
+        never rewritten: verl re-saves only steps after the tracker. Step 0 has no checkpoint: verl saves
+        none before training, and the pipeline evaluates the base model for it.
         """
         q = shlex.quote
         ckpt = self.run_dir / "checkpoints"
@@ -155,6 +174,10 @@ class VerlCommand:
         lines += [
             f"mkdir -p {q(str(self.run_dir))}",
             f"ckpt={q(str(ckpt))}",
+        ]
+        if self.keep_every:
+            lines += _harvest_lines(self.run_dir / "steps", self.keep_every)
+        lines += [
             "# resume: verl continues from the step its tracker file names (written once a checkpoint is complete)",
             "last=0",
             'if [ -f "$ckpt/latest_checkpointed_iteration.txt" ]; then',
@@ -172,15 +195,73 @@ class VerlCommand:
         body = []
         if self.settings is not None and self.settings.nnodes > 1:
             body += _ray_cluster_lines(self.settings)
+        if self.keep_every:
+            body += ["harvest_loop &", "harvester=$!", "trap stop_harvest EXIT"]
         body += self.shell().split("\n")
+        if self.keep_every:
+            body += ["stop_harvest", "trap - EXIT"]
         lines += ["    " + b for b in body]
+        lines += ["fi"]
+        if self.keep_every:
+            lines += ["harvest final"]
         lines += [
-            "fi",
             'step=$(cat "$ckpt/latest_checkpointed_iteration.txt")',
             f'ln -sfn "$ckpt/global_step_${{step}}/actor/huggingface" {q(str(self.run_dir / "final"))}',
             f"touch {q(str(self.run_dir / 'done'))}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def _harvest_lines(steps_dir: Path, every: int) -> list[str]:
+    """Bash functions that keep the HF weights of complete checkpoints at multiples of `every` as
+    `<steps_dir>/step_<n>` by hard link (no bytes copied): `harvest` (one pass, safe to repeat),
+    `harvest_loop` (a pass every $CPPO_HARVEST_EVERY_S s until TERM), `stop_harvest`."""
+    return [
+        f"# keep the HF weights of every step that is a multiple of eval.every={every} before verl prunes them",
+        f"steps={shlex.quote(str(steps_dir))}",
+        f"every={every}",
+        'harvest_every="${CPPO_HARVEST_EVERY_S:-60}"',
+        "harvest() {  # one pass; `harvest final` also names the steps it could not keep",
+        "    local last d m n",
+        '    last=$(cat "$ckpt/latest_checkpointed_iteration.txt" 2>/dev/null) || return 0',
+        '    case "$last" in ""|*[!0-9]*) return 0;; esac  # none yet, or read while verl rewrites it',
+        '    mkdir -p "$steps"',
+        '    for d in "$ckpt"/global_step_*; do',
+        '        m="${d##*/global_step_}"',
+        '        case "$m" in ""|*[!0-9]*) continue;; esac',
+        # a step above the tracker may be a save in progress; a linked step is never rewritten
+        '        if [ "$m" -gt "$last" ] || [ $((10#$m % every)) -ne 0 ] || [ -e "$steps/step_$m" ] \\',
+        '            || [ ! -d "$d/actor/huggingface" ]; then continue; fi',
+        '        rm -rf "$steps/.step_$m.tmp"  # left by a pass that was killed',
+        # atomic: a step_<n> folder is always whole
+        '        if cp -al "$d/actor/huggingface" "$steps/.step_$m.tmp" \\',
+        '            && mv -T "$steps/.step_$m.tmp" "$steps/step_$m"; then',
+        '            echo "cppo: kept the HF weights of step $m as $steps/step_$m (hard links)" >&2',
+        "        else",
+        '            rm -rf "$steps/.step_$m.tmp"',
+        '            echo "cppo: warning: could not keep the HF weights of step $m" >&2',
+        "        fi",
+        "    done",
+        '    if [ "${1:-}" = final ]; then',
+        "        for ((n = every; n <= last; n += every)); do",
+        '            [ -e "$steps/step_$n" ] || echo "cppo: warning: no HF weights kept for step $n' +
+        ' ($ckpt/global_step_$n/actor/huggingface is gone)" >&2',
+        "        done",
+        "    fi",
+        "    return 0",
+        "}",
+        "harvest_loop() {  # TERM ends it between passes, so no cp is cut short",
+        "    local stop=0 nap=",
+        '    trap \'stop=1; [ -z "$nap" ] || kill "$nap" 2>/dev/null || true\' TERM',
+        '    while [ "$stop" = 0 ]; do',
+        "        harvest || true",
+        '        [ "$stop" = 0 ] || break',
+        '        sleep "$harvest_every" & nap=$!',
+        '        wait "$nap" || true',
+        "    done",
+        "}",
+        'stop_harvest() { kill "$harvester" 2>/dev/null || true; wait "$harvester" 2>/dev/null || true; }',
+    ]
 
 
 def _ray_cluster_lines(s: VerlSettings) -> list[str]:
@@ -310,6 +391,7 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
         raise ValueError(f"rl.prompts_per_rollout={rl.prompts_per_rollout} is not divisible by "
                          f"rl.updates_per_rollout={rl.updates_per_rollout} (verl mini-batches are whole prompts)")
     mini = rl.prompts_per_rollout // rl.updates_per_rollout
+    keep_every = _keep_every(cfg.raw, rl, s, scale)
     gpus = s.nnodes * s.n_gpus_per_node
     if (mini * rl.samples_per_prompt) % gpus:
         notes.append(f"mini-batch of {mini * rl.samples_per_prompt} sequences does not split evenly over {gpus} GPUs")
@@ -424,7 +506,28 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
     if mlflow_run_id:
         env["MLFLOW_RUN_ID"] = mlflow_run_id
-    return VerlCommand(argv=argv, env=env, run_dir=run_dir, notes=notes, settings=s)
+    return VerlCommand(argv=argv, env=env, run_dir=run_dir, notes=notes, settings=s, keep_every=keep_every)
+
+
+def _keep_every(profile: dict, rl, s: VerlSettings, scale: str) -> Optional[int]:
+    """`eval.every` of the raw profile, checked against the scale's resolved rl: the script can keep only
+    what verl saves (HF weights at save steps) and only while verl still holds it (retention >= 2)."""
+    every = (profile.get("eval") or {}).get("every")
+    if every is None:
+        return None
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"eval.every must be an integer >= 1 or null, got {every!r}")
+    if not s.hf_checkpoints:
+        raise ValueError(f"eval.every={every} needs verl.hf_checkpoints: true (the steps are evaluated from "
+                         "their Hugging Face weights)")
+    if rl.save_every < 1 or every % rl.save_every:
+        raise ValueError(f"eval.every={every} is not a multiple of rl.save_every={rl.save_every} (scale {scale}): "
+                         "verl writes Hugging Face weights only at save steps")
+    if rl.keep_checkpoints < 2:
+        raise ValueError(f"eval.every={every} needs rl.keep_checkpoints >= 2 (scale {scale} has "
+                         f"{rl.keep_checkpoints}): with 1, verl deletes a step's checkpoint while its tracker "
+                         "still names it, so the script cannot keep its weights safely")
+    return every
 
 
 def write_run_config(cfg, method: str, scale: str, seed: int, setting: Optional[str], cmd: VerlCommand) -> Path:
