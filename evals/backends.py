@@ -73,16 +73,25 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(str(model))
 
 
-def build_lm(backend: str, model: str, settings: Any):
-    """An lm-eval LM for ``backend`` (see the module docstring)."""
+class BackendUnavailable(RuntimeError):
+    """The chosen backend cannot run in this environment (a missing optional dependency)."""
+
+
+def check_backend(backend: str) -> None:
+    """Raise ValueError for an unknown backend, BackendUnavailable when its optional dependency is missing."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise BackendUnavailable("backend 'vllm' needs vLLM, an optional GPU extra: pip install 'cppo-bench[vllm]' "
+                                 "(or use --backend hf)")
+
+
+def build_lm(backend: str, model: str, settings: Any):
+    """An lm-eval LM for ``backend`` (see the module docstring)."""
+    check_backend(backend)
     if backend == "oracle":
         return oracle_lm()
     if backend == "vllm":
-        if importlib.util.find_spec("vllm") is None:
-            raise RuntimeError("backend 'vllm' needs vLLM, an optional GPU extra: pip install 'cppo-bench[vllm]' "
-                               "(or use --backend hf)")
         from lm_eval.models.vllm_causallms import VLLM
 
         return VLLM(pretrained=str(model), dtype=settings.dtype, seed=settings.seed, batch_size="auto",

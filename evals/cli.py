@@ -133,6 +133,13 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     backend = args.backend or (raw.get("eval") or {}).get("backend") or "hf"
+    from evals.backends import BackendUnavailable, check_backend
+
+    try:
+        check_backend(backend)  # before any model or data is touched
+    except (ValueError, BackendUnavailable) as e:
+        print(f"cppo eval: {e}", file=sys.stderr)
+        return 2
     try:
         points = run_checkpoints(args.run, args.base) if args.run else [(args.step, args.model)]
     except (FileNotFoundError, ValueError) as e:

@@ -185,3 +185,15 @@ def test_eval_run_bad_calls_are_one_line(tmp_path, capsys, argv, match):
     assert cppo_main(argv + ["--out", str(tmp_path / "o.json"), "--backend", "oracle", "--benchmarks", "chain_id"]) == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def test_missing_vllm_is_one_line_before_any_model_is_loaded(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    rc = cppo_main(["eval", str(tmp_path / "nowhere"), "--backend", "vllm", "--benchmarks", "chain_id",
+                    "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("cppo eval: backend 'vllm' needs vLLM") and len(err.splitlines()) == 1
+    assert not (tmp_path / "o.json").exists()

@@ -263,5 +263,9 @@ def test_benchmark_script_runs(capsys):
     spec.loader.exec_module(mod)
     assert mod.main(["--sizes", "4x16", "--repeat", "1", "--devices", "cpu"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| cpu")]
-    assert len(rows) == len(mod.VARIANTS)
+    assert len(rows) == len(mod.variants())
+    from cppo.rules import list_rules
+
+    timed = {line.split("|")[3].strip() for line in rows}
+    assert set(list_rules()) <= timed  # every registered rule, from the registry
     assert rows[0].startswith("| cpu | 4×16 | ppo_clip |") and rows[0].endswith("| 1.00 |")
