@@ -292,6 +292,14 @@ def _fit_to_context(bench: Benchmark, requested: int, context: int, settings: Ev
 def _quiet_lm_eval() -> None:
     for name in ("lm_eval", "lm-eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # lm-eval records torch's environment report on every `simple_evaluate`, which runs pip and other
+    # probes in subprocesses (about 0.5 s a call); `cppo eval --run` calls it once per checkpoint. The
+    # report cannot change within a process, so it is computed once (our results carry their own
+    # provenance anyway).
+    import torch.utils.collect_env as collect_env
+
+    if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
+        collect_env.get_pretty_env_info = functools.cache(collect_env.get_pretty_env_info)
 
 
 def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = None, backend: str = "hf",

@@ -143,7 +143,7 @@ def selection_lines(best: list[CellStats], final: list[CellStats], records: list
     from cppo.report.tables import best_step, step_means
 
     fin = {(c.setting, c.method, c.scale): dict(zip(c.seeds, c.values)) for c in final if c.benchmark == "mean"}
-    gains, at_final, n_steps = [], 0, []
+    gains, at_final, at_start, n_steps = [], 0, 0, []
     for c in best:
         if c.benchmark != "mean":
             continue
@@ -154,7 +154,9 @@ def selection_lines(best: list[CellStats], final: list[CellStats], records: list
         means = step_means(r, benchmarks, metric, H)
         if means:
             n_steps.append(len(means))
-            at_final += best_step(r, benchmarks, metric, H) == max(means)
+            b = best_step(r, benchmarks, metric, H)
+            at_final += b == max(means)
+            at_start += b == min(means)
     out = ["## Checkpoint selection: best in the window and final", "",
            f"Every run is evaluated at step 0 and every {every} steps up to its final step (`eval.every`), with the "
            f"same `cppo eval` settings as the final checkpoint. The **best** score of a seed is its highest mean "
@@ -168,7 +170,9 @@ def selection_lines(best: list[CellStats], final: list[CellStats], records: list
         out.append("")
         out.append(f"Here the best score exceeds the final one by {100 * m:.1f} points on average over "
                    f"{len(gains)} seeds (95% CI [{100 * lo:.1f}, {100 * hi:.1f}]; largest {100 * max(gains):.1f}); "
-                   f"{at_final} of {len(n_steps)} runs have their best at the final checkpoint; "
+                   f"{at_final} of {len(n_steps)} runs have their best at the final checkpoint and {at_start} at "
+                   "the first (step 0: they never beat the starting checkpoint, so a collapse after it does not "
+                   "show in the best score); "
                    f"{int(np.median(n_steps)) if n_steps else 0} checkpoints per run (median).")
     out.append("")
     return out

@@ -11,10 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from cppo.train import checkpoint
-
 
 def final_step(run_dir: Path) -> int:
+    from cppo.train import checkpoint  # imports torch (~1 s): only when the step is asked for
+
     try:
         return checkpoint.final_step(run_dir)
     except ValueError as err:
