@@ -362,3 +362,14 @@ def test_claims_roles_verdicts_and_table():
     assert "+10 [+10, +10] (n=3)" in ttc and ttc.endswith("**holds** |")  # 20 (censored) − 10
     now = next(line for line in table.splitlines() if line.startswith("| Removing the position weight"))
     assert "| +5.0 pts [+5.0 pts, +5.0 pts] (n=3) | **holds** |" in now  # best 0.45 against 0.40 (step 0)
+
+
+def test_horizon_takes_the_per_model_steps_of_the_paper_profile():
+    from cppo.config import read_profile
+    from cppo.report.tables import horizon
+
+    raw = read_profile(Path(__file__).resolve().parents[1] / "config" / "paper.yaml")
+    # T_stop of Table 3, per model: the window of the best checkpoint
+    assert [horizon(raw, "default", s) for s in ("1.7b", "1.7b-base", "8b-base", "30b-a3b-base")] == [1120, 680, 490, 560]
+    tiny = read_profile(Path(__file__).resolve().parents[1] / "config" / "tiny.yaml")
+    assert horizon(tiny, "upd8", "s") == 100 and horizon(tiny, "upd8", "m") == 60

@@ -87,10 +87,13 @@ def _mean_score(rec: RunRecord, benchmarks: list[str], metric: str, step: int | 
 
 
 def horizon(cfg: dict, setting: str, scale: str) -> int | None:
-    """The planned rollout steps of a (setting, scale) run: `rl.steps` after the setting's overrides."""
+    """The planned rollout steps (T_stop) of a (setting, scale) run: `rl.steps`, then `scales.<s>.rl.steps`
+    (the paper profile's per-model values), then the setting's, as the run resolves them."""
     from cppo.config import RLConfig
 
-    steps = {**(cfg.get("rl") or {}), **((cfg.get("settings") or {}).get(setting) or {})}.get("steps", RLConfig.steps)
+    per_scale = ((cfg.get("scales") or {}).get(scale) or {}).get("rl") or {}
+    steps = {**(cfg.get("rl") or {}), **per_scale,
+             **((cfg.get("settings") or {}).get(setting) or {})}.get("steps", RLConfig.steps)
     if isinstance(steps, dict):
         steps = steps.get(scale)
     return None if steps is None else int(steps)
