@@ -211,6 +211,20 @@ def _evaluate(model: str, names: list[str], settings, backend: str) -> dict:
     return result
 
 
+# Backends whose engine holds GPU memory that a second engine in the same process may not get back
+# (vLLM reserves a fixed fraction of the GPU per engine): with --run, each checkpoint is scored in a
+# child process of its own, which returns all of it when it exits.
+ISOLATED_BACKENDS = {"vllm"}
+
+
+def _evaluate_isolated(model: str, names: list[str], settings, backend: str) -> dict:
+    """`_evaluate` in a fresh (spawned) child process; its result comes back pickled."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_evaluate, (model, names, settings, backend))
+
+
 def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names: list[str], settings,
                   backend: str) -> dict:
     """Evaluate each (step, model) of a run; per-step files, MLflow per step; the final's result + `steps`."""
@@ -231,7 +245,8 @@ def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names
         path = step_dir / f"step_{step}.json"
         res = _reusable(path, model, names, want, backend)
         if res is None:
-            res = _evaluate(model, names, settings, backend)
+            res = _evaluate_isolated(model, names, settings, backend) if backend in ISOLATED_BACKENDS \
+                else _evaluate(model, names, settings, backend)
             res["step"] = step
             _write(json.loads(json.dumps(res)), path, None)  # a copy: _write may move the samples out
         if args.mlflow_run_id:

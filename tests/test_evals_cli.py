@@ -197,3 +197,23 @@ def test_missing_vllm_is_one_line_before_any_model_is_loaded(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("cppo eval: backend 'vllm' needs vLLM") and len(err.splitlines()) == 1
     assert not (tmp_path / "o.json").exists()
+
+
+def test_eval_run_isolates_each_checkpoint_of_a_gpu_engine_in_its_own_process(tmp_path, monkeypatch):
+    """vLLM keeps GPU memory per engine: with --run each checkpoint is scored in a spawned child process.
+    Shown with the oracle backend marked as isolated: one child per checkpoint, the same results."""
+    import evals.cli as cli
+
+    run = _run_folder(tmp_path / "run", [0], final=3)
+    argv = ["eval", "--run", str(run), "--backend", "oracle", "--benchmarks", "chain_id", "--n", "2", "--limit", "2",
+            "--no-progress"]
+    assert cppo_main(argv + ["--out", str(tmp_path / "a.json")]) == 0
+    inline = json.loads((tmp_path / "a.json").read_text())
+    calls = []
+    real = cli._evaluate_isolated
+    monkeypatch.setattr(cli, "ISOLATED_BACKENDS", {"oracle"})
+    monkeypatch.setattr(cli, "_evaluate_isolated", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(cli, "_reusable", lambda *a: None)  # score again
+    assert cppo_main(argv + ["--out", str(tmp_path / "b.json")]) == 0
+    assert calls == [str(run / "steps" / "step_0"), str(run / "final")]
+    assert json.loads((tmp_path / "b.json").read_text())["steps"] == inline["steps"]
