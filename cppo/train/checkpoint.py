@@ -77,16 +77,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """Complete step checkpoints, oldest first."""
-    if not ckpt_root.is_dir():
+def _step_folders(root: Path, marker: str) -> list[tuple[int, Path]]:
+    """(n, root/step_<n>) of the folders holding `marker` (written inside before the folder is renamed
+    into place, so its presence means complete), oldest first."""
+    if not root.is_dir():
         return []
     out = []
-    for p in ckpt_root.iterdir():
+    for p in root.iterdir():
         m = re.fullmatch(r"step_(\d+)", p.name)
-        if m and (p / STATE_FILE).is_file():
+        if m and (p / marker).is_file():
             out.append((int(m.group(1)), p))
     return sorted(out)
+
+
+def step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints, oldest first."""
+    return _step_folders(ckpt_root, STATE_FILE)
 
 
 def _write_step_dir(root: Path, step: int, model, tokenizer, state: dict | None) -> Path:
@@ -126,14 +132,7 @@ def save_weights(root: Path, step: int, model, tokenizer) -> Path:
 
 def weight_steps(root: Path) -> list[tuple[int, Path]]:
     """Complete ``steps/step_<n>/`` folders of :func:`save_weights` (or verl's harvested ones), oldest first."""
-    if not root.is_dir():
-        return []
-    out = []
-    for p in root.iterdir():
-        m = re.fullmatch(r"step_(\d+)", p.name)
-        if m and (p / "config.json").is_file():
-            out.append((int(m.group(1)), p))
-    return sorted(out)
+    return _step_folders(root, "config.json")
 
 
 def load_state(step_dir: Path) -> dict:
