@@ -228,14 +228,10 @@ def _evaluate_isolated(model: str, names: list[str], settings, backend: str) -> 
 def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names: list[str], settings,
                   backend: str) -> dict:
     """Evaluate each (step, model) of a run; per-step files, MLflow per step; the final's result + `steps`."""
-    from dataclasses import asdict
-
     from tqdm import tqdm
 
     step_dir = args.run / "eval" / "steps"
-    # the settings as a result file records them (run_eval's "settings", through JSON)
-    want = json.loads(json.dumps({k: v for k, v in asdict(settings).items() if k != "chain"}
-                                 | {"chain": asdict(settings.chain)}))
+    want = json.loads(json.dumps(settings.record()))  # as a result file holds them, through JSON
     summary: dict[str, dict] = {}
     result = None
     bar = tqdm(points, desc=f"cppo eval {args.run}", unit="ckpt", dynamic_ncols=True,
@@ -248,7 +244,7 @@ def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names
             res = _evaluate_isolated(model, names, settings, backend) if backend in ISOLATED_BACKENDS \
                 else _evaluate(model, names, settings, backend)
             res["step"] = step
-            _write(json.loads(json.dumps(res)), path, None)  # a copy: _write may move the samples out
+            _write(res, path, None)
         if args.mlflow_run_id:
             from cppo.tracking import log_eval
 
@@ -277,7 +273,8 @@ def _reusable(path: Path, model: str, names: list[str], settings: dict, backend:
 def _write(result: dict, out: Path, samples_log: Path | None) -> None:
     """The result JSON, atomically (the pipeline treats the file as a job output: never half of it);
     with ``samples_log`` the per-sample records go there instead (JSONL)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from cppo.train.checkpoint import atomic_write_text
+
     if samples_log:
         samples_log.parent.mkdir(parents=True, exist_ok=True)
         with open(samples_log, "w", encoding="utf-8") as f:
@@ -285,6 +282,4 @@ def _write(result: dict, out: Path, samples_log: Path | None) -> None:
                 for s in res.pop("samples"):
                     f.write(json.dumps({"benchmark": name, **s}, ensure_ascii=False) + "\n")
                 res["samples_log"] = str(samples_log)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, indent=1, ensure_ascii=False))

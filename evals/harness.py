@@ -85,6 +85,10 @@ class EvalSettings:
     base_template: str | None = None
     """a profile's raw math template (``task.template``, with ``{problem}``) replacing the default base one"""
 
+    def record(self) -> dict[str, Any]:
+        """The settings as a result file records them (``"settings"``): every field, the chain ones nested."""
+        return {k: v for k, v in asdict(self).items() if k != "chain"} | {"chain": asdict(self.chain)}
+
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"n must be >= 1, got {self.n}")
@@ -136,9 +140,7 @@ def chain_dataset(benchmark: str, K: int = 24, modulus: int = 10, ood_K: int | N
     task = chain.task_for(bench.chain_split)
     for r in rows:
         r["K"], r["modulus"], r["K_min"] = task.K, task.modulus, task.K_min or 0
-    import datasets
-
-    return {"test": datasets.Dataset.from_list(rows)}
+    return _rows_dataset(rows)
 
 
 def _rows_dataset(rows: list[dict], **_: Any) -> dict:
@@ -292,10 +294,13 @@ def _fit_to_context(bench: Benchmark, requested: int, context: int, settings: Ev
 def _quiet_lm_eval() -> None:
     for name in ("lm_eval", "lm-eval", "datasets"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    # lm-eval records torch's environment report on every `simple_evaluate`, which runs pip and other
-    # probes in subprocesses (about 0.5 s a call); `cppo eval --run` calls it once per checkpoint. The
-    # report cannot change within a process, so it is computed once (our results carry their own
-    # provenance anyway).
+
+
+def _env_report_once() -> None:
+    """lm-eval records torch's environment report on every `simple_evaluate`, which runs pip and other
+    probes in subprocesses (about 0.5 s a call); `cppo eval --run` calls it once per checkpoint. The
+    report cannot change within a process, so it is computed once (our results carry their own
+    provenance anyway)."""
     import torch.utils.collect_env as collect_env
 
     if not hasattr(collect_env.get_pretty_env_info, "cache_info"):
@@ -327,6 +332,7 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
         if b.kind == "math" and local_path(b, settings.data_dir) is None:
             check_hub(b.local_file or b.name, b.hub, settings.data_dir)
     _quiet_lm_eval()
+    _env_report_once()
     import lm_eval
 
     injected = lm is not None
@@ -354,7 +360,7 @@ def run_eval(model: str, benchmarks: list[str], settings: EvalSettings | None = 
     result: dict[str, Any] = {
         "model": str(model),
         "backend": type(lm).__name__ if injected else backend,
-        "settings": {k: v for k, v in asdict(settings).items() if k != "chain"} | {"chain": asdict(settings.chain)},
+        "settings": settings.record(),
         "template": template,
         "benchmarks": {},
     }

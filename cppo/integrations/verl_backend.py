@@ -391,7 +391,7 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
         raise ValueError(f"rl.prompts_per_rollout={rl.prompts_per_rollout} is not divisible by "
                          f"rl.updates_per_rollout={rl.updates_per_rollout} (verl mini-batches are whole prompts)")
     mini = rl.prompts_per_rollout // rl.updates_per_rollout
-    keep_every = _keep_every(cfg.raw, rl, s, scale)
+    keep_every = _keep_every(cfg.eval.every, rl, s, scale)
     gpus = s.nnodes * s.n_gpus_per_node
     if (mini * rl.samples_per_prompt) % gpus:
         notes.append(f"mini-batch of {mini * rl.samples_per_prompt} sequences does not split evenly over {gpus} GPUs")
@@ -509,14 +509,12 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
     return VerlCommand(argv=argv, env=env, run_dir=run_dir, notes=notes, settings=s, keep_every=keep_every)
 
 
-def _keep_every(profile: dict, rl, s: VerlSettings, scale: str) -> Optional[int]:
-    """`eval.every` of the raw profile, checked against the scale's resolved rl: the script can keep only
-    what verl saves (HF weights at save steps) and only while verl still holds it (retention >= 2)."""
-    every = (profile.get("eval") or {}).get("every")
+def _keep_every(every: Optional[int], rl, s: VerlSettings, scale: str) -> Optional[int]:
+    """`eval.every` (validated with the profile's eval section), checked against the scale's resolved rl:
+    the script can keep only what verl saves (HF weights at save steps) and only while verl still holds
+    it (retention >= 2)."""
     if every is None:
         return None
-    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        raise ValueError(f"eval.every must be an integer >= 1 or null, got {every!r}")
     if not s.hf_checkpoints:
         raise ValueError(f"eval.every={every} needs verl.hf_checkpoints: true (the steps are evaluated from "
                          "their Hugging Face weights)")
