@@ -162,9 +162,13 @@ def test_math_rewards_use_math_verify_in_workers():
     try:
         got = task.rewards(["so \\boxed{\\frac{1}{2}}", "\\boxed{0.5}", "\\boxed{3}", "no answer"], ["1/2", "\\frac12", "4", "4"])
         assert got == [1.0, 1.0, 0.0, 0.0]
-        task.timeout_s = 1e-4  # nothing finishes in 0.1 ms: every check counts as wrong, the pool restarts
-        assert task.rewards(["\\boxed{4}"], ["4"]) == [0.0]
+        # a right answer whose first check takes math-verify ~0.2 s (39 fractions summing to 1): a short
+        # check such as \\boxed{4} can come back from a warm worker before the main thread even waits
+        slow = "\\boxed{" + "+".join(f"\\frac{{1}}{{{2 ** i}}}" for i in range(1, 40)) + f"+\\frac{{1}}{{{2 ** 39}}}}}"
+        task.timeout_s = 1e-4  # it cannot finish in 0.1 ms: it counts as wrong, the pool restarts
+        assert task.rewards([slow], ["1"]) == [0.0]
         task.timeout_s = 60.0
+        assert task.rewards([slow], ["1"]) == [1.0]
         assert task.rewards(["\\boxed{4}"], ["4"]) == [1.0]
     finally:
         task.close()
