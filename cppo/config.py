@@ -30,13 +30,10 @@ from typing import Any
 
 import yaml
 
+from cppo.errors import ConfigError
 from evals import defaults as eval_defaults  # the evaluation defaults live with the evaluation code
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class ConfigError(ValueError):
-    """A config value is wrong; the message names the key and what is allowed."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -410,6 +407,29 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     return config_from_dict(read_profile(path, overrides), source=str(path))
 
 
+def settings_of(raw: dict[str, Any]) -> list[str]:
+    """The names of ``grid.settings`` (``["default"]`` when there are none)."""
+    return [str(s) for s in raw["grid"].get("settings") or ["default"]]
+
+
+def reference(raw: dict[str, Any]) -> tuple[str, str] | None:
+    """(setting, method) of the on-policy reference rung (``grid.reference``), or None.
+
+    The setting must be one of ``grid.settings``, and the method one of ``methods:``; whether the
+    setting really is on-policy is checked by :func:`config_from_dict`. Here, in the config layer,
+    because both the config checks and the report's grid (:mod:`cppo.report.grid`) read it."""
+    ref = (raw.get("grid") or {}).get("reference")
+    if not ref:
+        return None
+    setting, method = str(ref["setting"]), str(ref["method"])
+    if setting not in settings_of(raw):
+        raise ConfigError(f"grid.reference.setting: {setting!r} is not one of grid.settings {settings_of(raw)}")
+    if method not in (raw.get("methods") or {}):
+        raise ConfigError(f"grid.reference.method: unknown method {method!r}; "
+                          f"defined: {sorted(raw.get('methods') or {})}")
+    return setting, method
+
+
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     profile = raw.get("profile") or Path(source).stem
     scales = raw.get("scales") or {}
@@ -450,12 +470,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     for name in grid.settings:
         if name not in settings:
             raise ConfigError(f"grid.settings: unknown setting {name!r}; defined: {sorted(settings)}")
-    from cppo.report.grid import reference
-
-    try:
-        ref = reference(raw)  # (setting, method) of the on-policy rung, names checked there
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    ref = reference(raw)  # (setting, method) of the on-policy rung, names checked there
     if ref:
         dflt = RLConfig()
         for sc in grid.scales or list(scales):

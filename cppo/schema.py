@@ -27,7 +27,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from cppo.config import ConfigError
+from cppo.errors import ConfigError
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 

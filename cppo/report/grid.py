@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
+from cppo.config import apply_overrides, read_profile, reference, settings_of
+
+__all__ = ["Cell", "apply_sets", "load_config", "settings_of", "cells", "reference", "parents"]
 
 
 @dataclass(frozen=True)
@@ -35,20 +38,12 @@ class Cell:
 
 def apply_sets(cfg: dict, sets: Iterable[str] | None) -> dict:
     """`key=value` overrides on a copy of `cfg`, parsed exactly as `cppo train --set` parses them."""
-    from cppo.config import apply_overrides
-
     return apply_overrides(cfg, list(sets or ()))
 
 
 def load_config(path: Path | str, sets: Iterable[str] | None = None) -> dict:
     """Read a profile YAML (plus `--set` overrides) as a plain dict."""
-    from cppo.config import read_profile
-
     return read_profile(path, list(sets or ()))
-
-
-def settings_of(cfg: dict) -> list[str]:
-    return [str(s) for s in cfg["grid"].get("settings") or ["default"]]
 
 
 def cells(cfg: dict) -> list[Cell]:
@@ -78,22 +73,6 @@ def cells(cfg: dict) -> list[Cell]:
                 for seed in grid["seeds"]:
                     out.append(Cell(str(setting), str(method), str(rule), str(scale), int(seed)))
     return out
-
-
-def reference(cfg: dict) -> tuple[str, str] | None:
-    """(setting, method) of the on-policy reference rung (`grid.reference`), or None.
-
-    The setting must be one of `grid.settings`, and the method one of `methods:`; whether the setting
-    really is on-policy is checked when runs are resolved (cppo.config)."""
-    ref = (cfg.get("grid") or {}).get("reference")
-    if not ref:
-        return None
-    setting, method = str(ref["setting"]), str(ref["method"])
-    if setting not in settings_of(cfg):
-        raise ValueError(f"grid.reference.setting: {setting!r} is not one of grid.settings {settings_of(cfg)}")
-    if method not in (cfg.get("methods") or {}):
-        raise ValueError(f"grid.reference.method: unknown method {method!r}; defined: {sorted(cfg.get('methods') or {})}")
-    return setting, method
 
 
 def parents(cfg: dict) -> list[tuple[str, str, str, str]]:
