@@ -6,7 +6,7 @@
 #   .venv/bin/snakemake --report results/tiny/report.html           # HTML report with the figures
 #
 # Every job calls the `cppo` CLI; see workflow/rules/*.smk. The config is validated against
-# workflow/schemas/config.schema.yaml before anything runs.
+# cppo/config.schema.yaml before anything runs.
 
 from snakemake.utils import min_version
 

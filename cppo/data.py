@@ -23,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_ENV = "CPPO_DATA_DIR"
 """environment variable naming the data directory (wins over a profile's ``data_dir``)"""
 REQUIRED_FIELDS = ("id", "problem", "answer")

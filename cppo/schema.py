@@ -1,7 +1,7 @@
 """The one check of a profile against the JSON schema, shared by the pipeline and every `cppo` command.
 
 What: :func:`check_config` validates a profile dict (after ``--set`` overrides) against
-``workflow/schemas/config.schema.yaml`` and raises :class:`ConfigError` listing every problem, one
+``cppo/config.schema.yaml`` (package data, so a non-editable install has it) and raises :class:`ConfigError` listing every problem, one
 line each, naming the key: ``config key grid.seeds.1: 'two' is not of type 'integer'``.
 
 Why one function: Snakemake (``workflow/rules/common.smk``), ``workflow/scripts/config_check.py`` and
@@ -29,7 +29,7 @@ import yaml
 
 from cppo.errors import ConfigError
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().with_name("config.schema.yaml")  # the one copy; the Snakefile reads it too
 
 __all__ = ["SCHEMA", "ConfigError", "check_config", "load_schema"]
 
@@ -38,8 +38,7 @@ __all__ = ["SCHEMA", "ConfigError", "check_config", "load_schema"]
 def _read(path: str) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"profile schema not found at {p} (cppo must be installed from the repository, "
-                          "`pip install -e .`)")
+        raise ConfigError(f"profile schema not found at {p} (an incomplete cppo install: reinstall the package)")
     with open(p, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 

@@ -14,7 +14,10 @@ it so that run layout, tags and metric names stay the same everywhere (docs/cont
 Why these choices:
 - The client API (`MlflowClient`) everywhere, never the fluent `mlflow.start_run` global state: a
   trainer may hold several runs, and parallel processes must not share hidden state.
-- SQLite is the default store (one file, `results/mlflow.db`, no server). SQLite serialises writers;
+- SQLite is the default store (one file, `<results_dir>/mlflow.db`, no server). Like the run
+  folders, it is found from the profile's `results_dir` relative to the current directory (a command
+  that reads a profile calls `use_results_dir`), never from where this package is installed: with
+  another checkout's environment, or a non-editable install, the store stays the current checkout's. SQLite serialises writers;
   a writer that finds the database locked gets "database is locked" once the driver's own wait is
   over. Every store call therefore goes through `_retry`, which backs off and tries again, so
   parallel Snakemake jobs lose neither runs nor metrics.
@@ -48,7 +51,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-REPO = Path(__file__).resolve().parents[1]
+# the checkout of the code that runs: git_commit describes it. Nothing else is found from here (the
+# store is the current directory's, see use_results_dir); a non-editable install records "unknown".
+_CODE_ROOT = Path(__file__).resolve().parents[1]
+_results_dir: str = "results"  # the default store's folder; see use_results_dir
 RUN_ID_FILE = "mlflow_run_id"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit for metrics
 MAX_PARAMS_PER_BATCH = 100  # ... and for params / tags
@@ -61,12 +67,20 @@ for _name in ("alembic", "alembic.runtime.migration", "mlflow.store.db.utils"):
 
 
 # ----------------------------------------------------------------------------- store and client
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the SQLite store `sqlite:///<repo>/results/mlflow.db`."""
+def use_results_dir(results_dir: str | Path | None) -> None:
+    """Make `<results_dir>/mlflow.db` this process's default store (a profile's `results_dir`;
+    None keeps `results`). Called once by each command that reads a profile, before any store call."""
+    global _results_dir
+    _results_dir = str(results_dir or "results")
+
+
+def tracking_uri(results_dir: str | Path | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else the SQLite store `<results_dir>/mlflow.db` under the current
+    directory (default: the folder set by `use_results_dir`, else `results`), as an absolute path."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
         return uri
-    return f"sqlite:///{REPO / 'results' / 'mlflow.db'}"
+    return f"sqlite:///{(Path(results_dir or _results_dir) / 'mlflow.db').absolute()}"
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -157,7 +171,7 @@ def client(uri: str | None = None):
 # ----------------------------------------------------------------------------- provenance, params
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=_CODE_ROOT, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

@@ -38,6 +38,7 @@ def main(args) -> int:
     except ValueError as err:
         print(f"cppo mlflow-init: {err}", file=sys.stderr)
         return 2
+    tracking.use_results_dir(cfg.get("results_dir"))
     ids = {}
     for setting, method, scale, rule in cells:
         ids[f"{setting}/{method}/{scale}"] = tracking.ensure_parent(profile, setting, method, scale, rule)

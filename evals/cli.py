@@ -120,6 +120,10 @@ def main(args: argparse.Namespace) -> int:
         print("cppo eval: --mlflow-run-id needs --step (the checkpoint's training step)", file=sys.stderr)
         return 2
     raw = _profile(args.config)
+    if args.mlflow_run_id:
+        from cppo.tracking import use_results_dir
+
+        use_results_dir(raw.get("results_dir"))  # the profile's store, as `cppo train` found it
     benchmarks = args.benchmarks or ",".join((raw.get("eval") or {}).get("benchmarks") or [])
     if not benchmarks:
         print("cppo eval: --benchmarks is required (or a --config with eval.benchmarks)", file=sys.stderr)

@@ -37,7 +37,7 @@ def test_schema_mirrors_the_typed_config_sections():
     from cppo.config import RLConfig, SFTConfig, TaskConfig
     from cppo.integrations.verl_backend import VerlSettings
 
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "cppo" / "config.schema.yaml").read_text())
     sections = {"rl": (schema["$defs"]["rl_section"], RLConfig), "sft": (schema["properties"]["sft"], SFTConfig),
                 "task": (schema["properties"]["task"], TaskConfig),
                 "verl": (schema["$defs"]["verl_section"], VerlSettings)}
@@ -98,7 +98,7 @@ def test_schema_file_names_no_rule():
     from cppo.rules import list_rules
     from cppo.schema import load_schema
 
-    raw = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    raw = yaml.safe_load((REPO / "cppo" / "config.schema.yaml").read_text())
     assert raw["$defs"]["rule_name"] == {"type": "string"}
 
     def scalars(node):

@@ -13,11 +13,43 @@ import pytest
 from cppo import tracking as T
 
 
-def test_tracking_uri_env_and_default(monkeypatch):
+def test_tracking_uri_env_and_default(monkeypatch, tmp_path):
+    monkeypatch.setattr(T, "_results_dir", "results")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////x/y.db")
     assert T.tracking_uri() == "sqlite:////x/y.db"
+    T.use_results_dir("elsewhere")
+    assert T.tracking_uri() == "sqlite:////x/y.db"  # the environment wins
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert T.tracking_uri() == f"sqlite:///{T.REPO / 'results' / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # the store follows the current directory, not the package's location
+    assert T.tracking_uri() == f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    assert T.tracking_uri("other") == f"sqlite:///{tmp_path / 'other' / 'mlflow.db'}"
+    T.use_results_dir(None)
+    assert T.tracking_uri() == f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+
+
+def test_commands_use_the_store_of_the_profiles_results_dir(monkeypatch, tmp_path):
+    """`cppo mlflow-init` run from another folder writes `<cwd>/<results_dir>/mlflow.db`, beside the run
+    folders, and nothing where the package lives."""
+    import yaml
+
+    from cppo.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setattr(T, "_results_dir", "results")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(T, "_CLIENTS", {})
+    cfg = yaml.safe_load((repo / "config" / "tiny.yaml").read_text())
+    cfg.update(profile="elsewhere", results_dir="res")
+    cfg["grid"] = {"methods": cfg["grid"]["methods"][:1], "scales": cfg["grid"]["scales"], "seeds": [1],
+                   "settings": cfg["grid"]["settings"][-1:]}  # one parent run: the store's place is the point
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    before = (repo / "results" / "mlflow.db").stat().st_mtime_ns if (repo / "results" / "mlflow.db").exists() else None
+    monkeypatch.chdir(tmp_path)
+    assert main(["mlflow-init", "p.yaml", "--out", "ids.json"]) == 0
+    assert (tmp_path / "res" / "mlflow.db").is_file()
+    assert T.client(f"sqlite:///{tmp_path / 'res' / 'mlflow.db'}").get_experiment_by_name("elsewhere") is not None
+    after = (repo / "results" / "mlflow.db").stat().st_mtime_ns if (repo / "results" / "mlflow.db").exists() else None
+    assert after == before
 
 
 def test_flatten_and_sanitize():

@@ -75,7 +75,7 @@ def test_schema_accepts_device_keys_and_rejects_bad_ones():
     import jsonschema
 
     repo = Path(__file__).resolve().parents[1]
-    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((repo / "cppo" / "config.schema.yaml").read_text())
     validator = jsonschema.validators.validator_for(schema)(schema)
     rl_schema, sft_schema = schema["$defs"]["rl_section"], schema["properties"]["sft"]
     resolver_schema = {**rl_schema, "$defs": schema["$defs"]}

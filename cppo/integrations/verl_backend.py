@@ -375,7 +375,7 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
         method, scale, seed, setting: the run.
         run_dir: the run folder (default: the docs/contracts.md §Runs path under the profile's results).
         mlflow_run_id: attach verl's MLflow logger to this existing run (MLFLOW_RUN_ID).
-        tracking_uri: MLflow store (default `cppo.tracking.tracking_uri()`).
+        tracking_uri: MLflow store (default `cppo.tracking.tracking_uri(cfg.results_dir)`).
     """
     from cppo.integrations.verl import CONFIG_TARGET, verl_loss_name
     from cppo.rules import get_rule
@@ -502,7 +502,7 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
     if tracking_uri is None:
         from cppo.tracking import tracking_uri as _uri
 
-        tracking_uri = _uri()
+        tracking_uri = _uri(cfg.results_dir)
     env = {"MLFLOW_TRACKING_URI": tracking_uri}
     if mlflow_run_id:
         env["MLFLOW_RUN_ID"] = mlflow_run_id
@@ -573,6 +573,7 @@ def main(args: argparse.Namespace) -> int:
         if args.mlflow:
             from cppo import tracking
 
+            tracking.use_results_dir(cfg.results_dir)
             run = resolve(cfg, args.method, args.scale, args.seed, args.setting)
             run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, run)
             run_id = tracking.start_child(cfg.profile, run.setting, run.method.name, run.scale, run.seed,

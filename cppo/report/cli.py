@@ -16,7 +16,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="profile YAML (e.g. config/tiny.yaml)")
     parser.add_argument("--out", default=None, help="output folder (default results/<profile>)")
-    parser.add_argument("--results-root", default="results", help="root of <profile>/runs (default results)")
+    parser.add_argument("--results-root", default=None,
+                        help="root of <profile>/runs and of the MLflow store (default the profile's results_dir)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (dotted, value parsed as YAML); repeatable")
     parser.add_argument("--no-mlflow", action="store_true", help="read the run folders only")
@@ -80,6 +81,8 @@ def main(args) -> int:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
     profile = cfg["profile"]
+    args.results_root = args.results_root or cfg.get("results_dir") or "results"
+    tracking.use_results_dir(args.results_root)
     prov = tracking.provenance()  # before writing: the committed outputs being replaced are not "changes"
     out = Path(args.out or f"{args.results_root}/{profile}")
     rs = report_settings(cfg)
@@ -117,9 +120,7 @@ def main(args) -> int:
     stab = stability_stats(records, rs["collapse_metric"], rs["collapse_frac"], n_boot=rs["bootstrap"],
                            horizons=horizons)
     if rs["published"]:
-        pub_path = Path(rs["published"])
-        if not pub_path.is_file():
-            pub_path = Path(tracking.REPO) / rs["published"]
+        pub_path = Path(rs["published"])  # relative to the current directory, as the results are
         # the paper reports the best checkpoint in the window: its numbers sit beside ours of the same kind
         attach_published(best or stats, load_published(pub_path), rs["published_model"])
     write_csv(best + stats, out / "table.csv")

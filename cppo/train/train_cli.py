@@ -98,6 +98,7 @@ def main(args) -> int:
     if not args.no_mlflow:
         from cppo import tracking
 
+        tracking.use_results_dir(cfg.results_dir)  # the store beside the profile's run folders
         run_id = tracking.start_child(run.profile, run.setting, run.method.name, run.scale, run.seed,
                                       run.method.rule, resolved, run_dir)
     from cppo.train.rl import Trainer

@@ -23,7 +23,7 @@ if _cli_files:
     config.update(copy.deepcopy(dict(workflow.config_settings.overwrite_config)))
 
 try:
-    check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+    check_config(config)  # cppo/config.schema.yaml, the schema every `cppo` command reads
     if config.get("results_dir", "results") != "results":  # the rules' paths are results/<profile>/...
         raise ConfigError(f"config key results_dir: the pipeline writes under results/, got {config['results_dir']!r}")
     CELLS = _grid_cells(config)
