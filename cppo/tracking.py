@@ -17,10 +17,10 @@ Why these choices:
 - SQLite is the default store (one file, `<results_dir>/mlflow.db`, no server). Like the run
   folders, it is found from the profile's `results_dir` relative to the current directory (a command
   that reads a profile calls `use_results_dir`), never from where this package is installed: with
-  another checkout's environment, or a non-editable install, the store stays the current checkout's. SQLite serialises writers;
-  a writer that finds the database locked gets "database is locked" once the driver's own wait is
-  over. Every store call therefore goes through `_retry`, which backs off and tries again, so
-  parallel Snakemake jobs lose neither runs nor metrics.
+  another checkout's environment, or a non-editable install, the store stays the current checkout's.
+  SQLite serialises writers; a writer that finds the database locked gets "database is locked" once
+  the driver's own wait is over. Every store call therefore goes through `_retry`, which backs off
+  and tries again, so parallel Snakemake jobs lose neither runs nor metrics.
 - Parents are created once by `cppo mlflow-init` before any job starts. `ensure_parent` is still
   idempotent and safe under races: get-or-create runs under an inter-process file lock, and if two
   processes on different machines (no shared lock) both create a parent, the earliest one wins and

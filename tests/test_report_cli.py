@@ -75,6 +75,12 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
     assert min(figs.values()) > 10_000
     summary = (out / "summary.md").read_text()
     assert "6 runs; 5 finished, 6 evaluated" in summary
+    import torch  # the host and stack the numbers come from
+    from importlib.metadata import version
+
+    assert (f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; torch {version('torch')}, "
+            f"transformers {version('transformers')}, numpy {version('numpy')}.") in summary
+    assert "\nHost: " in summary and "not bit for bit" in summary
     assert "Unfinished runs (1)**: fresh/cppo/s/seed3" in summary
     assert "Collapsed seeds: pg_is 2/3." in summary
     # cppo (mean 0.4) vs pg_is (0.25, seeds 0.075-0.525): intervals overlap, so the summary must not call a winner

@@ -69,6 +69,7 @@ def main(args) -> int:
     from cppo.report import plots
     from cppo.report.collect import collect, headline_metric
     from cppo.report.grid import cells as grid_cells, load_config, reference as grid_reference, settings_of
+    from cppo.report.host import host_provenance
     from cppo.report.summary import write_summary
     from cppo.report.tables import (CHECKPOINTS, attach_published, cell_stats, horizon, load_published, markdown,
                                     stability_markdown, stability_stats, write_csv)
@@ -83,7 +84,8 @@ def main(args) -> int:
     profile = cfg["profile"]
     args.results_root = args.results_root or cfg.get("results_dir") or "results"
     tracking.use_results_dir(args.results_root)
-    prov = tracking.provenance()  # before writing: the committed outputs being replaced are not "changes"
+    # before writing: the committed outputs being replaced are not "changes"
+    prov = {**tracking.provenance(), **host_provenance()}
     out = Path(args.out or f"{args.results_root}/{profile}")
     rs = report_settings(cfg)
     if args.bootstrap:
