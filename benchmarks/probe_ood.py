@@ -3,7 +3,7 @@
     python benchmarks/probe_ood.py BASE_CHECKPOINT [--K 24] [--ood 25 26 28 30 32] [--n 256]
 
 Prints the base model's greedy and sampled accuracy on `chain_ood` at each candidate length. The
-rule used for the tiny profile (README, "The pressure ladder"): the longest candidate at which the
+rule used for the tiny profile (docs/studies.md, "The pressure ladder"): the longest candidate at which the
 base still solves at least 10 % greedily, so that the split can both rise and fall under RL. A
 split at 0 for every run (the old K + 8) carries no information about the rules.
 """

@@ -181,7 +181,7 @@ def test_fit_budget_leaves_room_for_the_longest_prompt():
 
 
 def test_readme_quick_look_runs_on_a_tiny_model(tiny_checkpoint, tmp_path, capsys):
-    """The README's `cppo eval MODEL --benchmarks math500 --limit 20 --n 4`: math500's budget of 4096 new
+    """docs/evaluation.md's `cppo eval MODEL --benchmarks math500 --limit 20 --n 4`: math500's budget of 4096 new
     tokens does not fit the tiny models' 512-token context; it is capped with a one-line note, not a crash."""
     from cppo.cli import main as cppo_main
 

@@ -1,6 +1,6 @@
-"""The README's "Adding a new rule" example, followed literally from a separate package.
+"""The "Adding a new rule" example of docs/rules.md, followed literally from a separate package.
 
-A throw-away package is built in tmp_path from the README's own text: its module is the example's
+A throw-away package is built in tmp_path from the page's own text: its module is the example's
 Python block, its pyproject.toml carries the example's `[project.entry-points."cppo.rules"]` block,
 and it is installed with pip (no index, no build isolation) into a folder that only this test puts
 on the path. A copy of config/tiny.yaml then gets the example's method line; Snakemake must plan the
@@ -24,15 +24,15 @@ SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
 
 
 def _worked_example() -> dict[str, str]:
-    """The example's module source, entry-point block and method line, as the README prints them."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Adding a new rule (worked example)", 1)[1].split("\n## ", 1)[0]
+    """The example's module source, entry-point block and method line, as docs/rules.md prints them."""
+    page = (REPO / "docs" / "rules.md").read_text()
+    section = page.split("## Adding a new rule (worked example)", 1)[1].split("\n## ", 1)[0]
     step1, rest = section.split("**2. Register the name.**", 1)
     step2, step3 = rest.split("**3. ", 1)
     module = re.search(r"```python\n(.*?)```", step1, re.S)
     toml = re.search(r"```toml\n(.*?)```", step2, re.S)
     method = re.search(r"`(\w+): (\{rule: ratio_band[^`]*\})`", step3)
-    assert module and toml and method, "the README's worked example lost its module, entry point or method line"
+    assert module and toml and method, "docs/rules.md's worked example lost its module, entry point or method line"
     return {"module": module.group(1), "entry_points": toml.group(1), "method": method.group(1),
             "params": method.group(2)}
 
