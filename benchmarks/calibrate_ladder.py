@@ -1,7 +1,7 @@
 """Calibrate a pressure ladder on the control alone: pg_is at every rung of a profile, per seed.
 
     python benchmarks/calibrate_ladder.py config/tiny.yaml --base results/tiny/base/scale~s \
-        --out /tmp/calib [--scale s] [--seeds 1 2 3] [--jobs 2] [--table-only]
+        --out /tmp/calib [--scale s] [--seeds 1 2 3] [--settings onpolicy upd8] [--jobs 2] [--table-only]
 
 Trains `pg_is` (the rule with no trust region) on each of `grid.settings`, with the profile's
 horizon and evaluation cadence, and prints one row per rung: per seed the time to collapse (the
@@ -31,11 +31,15 @@ def main() -> int:
     p.add_argument("--out", required=True, type=Path, help="folder of the calibration runs")
     p.add_argument("--scale", default="s")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: grid.seeds")
+    p.add_argument("--settings", nargs="+", default=None, help="rungs to calibrate (default: grid.settings)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
     p.add_argument("--table-only", action="store_true", help="print the table of existing runs")
     a = p.parse_args()
     cfg = load_config(a.config)
-    raw, settings = cfg.raw, list(cfg.grid.settings)
+    raw, settings = cfg.raw, list(a.settings or cfg.grid.settings)
+    unknown = [st for st in settings if st not in (raw.get("settings") or {})]
+    if unknown:
+        p.error(f"--settings: not in the profile's settings: {', '.join(unknown)}")
     seeds = a.seeds or list(cfg.grid.seeds)
     rep = raw.get("report") or {}
     metric, frac = rep.get("collapse_metric", "eval/chain_id/greedy_acc"), float(rep.get("collapse_frac", 0.5))

@@ -77,8 +77,16 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
     assert "6 runs; 5 finished, 6 evaluated" in summary
     assert "Unfinished runs (1)**: fresh/cppo/s/seed3" in summary
     assert "Collapsed seeds: pg_is 2/3." in summary
-    # cppo (mean 0.4) vs pg_is (0.25, seeds 0.075-0.525): intervals overlap, so the summary must not call a winner
-    assert "not separable" in summary
+    # the declared default: cppo against pg_is on AUC; 3 + 3 seeds cannot reach p <= 0.05, so no verdict
+    assert "## Declared comparisons: the verdicts" in summary and "separat" not in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| fresh | s | cppo − pg_is | 3 + 3 |"))
+    assert "**undecided (n = 3 + 3; no difference is detectable: the smallest attainable p, 0.1, is above 0.05)**" in row
+    comp = {(r["measure"], r["other"]): r for r in csv.DictReader(open(out / "comparisons.csv"))}
+    auc = comp[("auc", "pg_is")]
+    assert auc["role"] == "primary" and auc["verdict"] == "undecided" and auc["mdd80"] == "inf"
+    # AUC over [0, 4] (the trainer's evaluations at steps 0 and 4): cppo 0.8 per seed, pg_is (0.8 + a) / 2
+    assert math.isclose(float(auc["diff"]), 0.8 - (0.45 + 0.5 + 0.75) / 3, rel_tol=1e-5)
+    assert comp[("score", "pg_is")]["role"] == "descriptive"
     assert yaml.safe_load((out / "config.yaml").read_text())["profile"] == "rep"
 
 

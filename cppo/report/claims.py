@@ -2,17 +2,22 @@
 
 Why a table of claims: the CPPO paper argues by ablation (its Figure 2 and the ablation table), so a
 reproduction should say, claim by claim, whether a grid agrees. Each claim is reduced to one
-estimate with a 95% bootstrap interval over seeds, and the verdict is mechanical:
+estimate, paired by seed (the same seed gives both methods the same base and prompt stream), with
+a 95% bootstrap interval, and tested with the machinery of the declared comparisons
+(`cppo.report.compare`): a two-sided sign-flip permutation test of the paired differences, Holm's
+adjustment over the claims of one table (the family), and a mechanical verdict:
 
-- **holds**: the interval lies entirely on the side the paper claims;
-- **does not hold**: it lies entirely on the other side;
-- **within noise**: it contains the null value (0 for a difference, 1 for a ratio).
+- **holds**: Holm p ≤ 0.05 and the estimate is on the side the paper claims;
+- **does not hold**: Holm p ≤ 0.05 and the estimate is on the other side;
+- **undecided**: otherwise, with the difference the grid could have detected. A sign-flip test of
+  n pairs cannot go below 2/2^n, so 5 seeds (0.0625) can never decide one claim, let alone a
+  Holm-adjusted family: that is what 5 seeds can say, not a failure of the test.
 
 The estimates (chosen before the grid was run, README "A long-horizon study"):
 
 - *D_t grows with position*: per DPPO run, the mean D_t over the last quarter of relative positions
   divided by the mean over the first quarter (`position_profile.json`, buckets of the relative
-  position); the geometric mean over seeds with the bootstrap interval of the mean log-ratio.
+  position); the geometric mean over seeds, tested as the mean log-ratio against 0.
   DPPO is used because its mask does not depend on the position.
 - *CPPO against DPPO*, and *each ablation costs accuracy*: paired differences over seeds (the same
   seed gives both methods the same prompts and the same base) of time to collapse, AUC, best-in-run
@@ -31,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import bootstrap_ci, run_stability
+from cppo.report.compare import Comparison, adjust, compare, describe, fmt_p
+from cppo.report.stats import run_stability
 
 ABLATIONS = {
     "no_position_weight": ("ablation", "no_position_weight", "Removing the position weight (w ≡ 1) costs accuracy"),
@@ -78,29 +84,14 @@ def _per_seed(records: list[RunRecord], setting: str, scale: str, method: str, m
     return out
 
 
-def paired_difference(a: dict[int, float], b: dict[int, float], n_boot: int = 10_000) -> tuple[float, float, float, int]:
-    """(mean, lo, hi, n) of a − b over the seeds both have (percentile bootstrap of the mean)."""
-    seeds = sorted(set(a) & set(b))
-    mean, lo, hi = bootstrap_ci([a[s] - b[s] for s in seeds], n_boot=n_boot)
-    return mean, lo, hi, len(seeds)
+def paired(a: dict[int, float], b: dict[int, float], seed: int = 0) -> Comparison:
+    """a − b over the seeds both have: mean, 95% interval, sign-flip permutation p (Holm comes after)."""
+    return compare(a, b, paired=True, seed=seed)
 
 
-def verdict(lo: float, hi: float, null: float = 0.0, claimed_positive: bool = True) -> str:
-    """holds / does not hold / within noise, from an interval and the side the claim is on."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "undecided (too few seeds)"
-    if lo > null:
-        return "holds" if claimed_positive else "does not hold"
-    if hi < null:
-        return "does not hold" if claimed_positive else "holds"
-    return "within noise"
-
-
-def growth_ratio(records: list[RunRecord], setting: str, scale: str, method: str,
-                 n_boot: int = 10_000) -> tuple[float, float, float, int]:
-    """Geometric-mean ratio of D_t (last quarter / first quarter of relative positions) over seeds,
-    with its 95% interval: (ratio, lo, hi, n seeds)."""
-    logs = []
+def log_growth(records: list[RunRecord], setting: str, scale: str, method: str) -> dict[int, float]:
+    """seed -> log(mean D_t over the last quarter of relative positions / over the first quarter)."""
+    logs: dict[int, float] = {}
     for r in records:
         prof = r.position_profile or {}
         d = prof.get("div_mean")
@@ -109,9 +100,17 @@ def growth_ratio(records: list[RunRecord], setting: str, scale: str, method: str
         q = max(1, len(d) // 4)
         first, last = float(np.mean(d[:q])), float(np.mean(d[-q:]))
         if first > 0 and last > 0:
-            logs.append(math.log(last / first))
-    mean, lo, hi = bootstrap_ci(logs, n_boot=n_boot)
-    return (*(math.exp(v) if math.isfinite(v) else math.nan for v in (mean, lo, hi)), len(logs))
+            logs[r.cell.seed] = math.log(last / first)
+    return logs
+
+
+def verdict(c: Comparison, claimed_positive: bool = True, unit: str = "pts") -> str:
+    """holds / does not hold / undecided (...), from a Holm-adjusted comparison and the claimed side."""
+    if c.n_focal < 2:
+        return "undecided (too few seeds)"
+    if not c.decided:
+        return describe(c, unit)
+    return "holds" if (c.diff > 0) == claimed_positive else "does not hold"
 
 
 def _fmt(v: float, kind: str) -> str:
@@ -125,52 +124,55 @@ def _fmt(v: float, kind: str) -> str:
 
 
 def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
-                 H: int | None, n_boot: int = 10_000) -> list[str]:
+                 H: int | None) -> list[str]:
     """The claims table (markdown lines) of one (setting, scale) cell of the grid."""
     roles = claim_methods(cfg)
-    rows: list[tuple[str, str, str, str]] = []  # claim, measure, estimate [CI] (n), verdict
+    rows: list[tuple[str, str, Comparison, str, bool]] = []  # claim, measure, comparison, kind, in the family
 
-    def est(mean, lo, hi, n, kind):
-        return f"{_fmt(mean, kind)} [{_fmt(lo, kind)}, {_fmt(hi, kind)}] (n={n})"
+    def est(c: Comparison, kind: str) -> str:
+        vals = (c.diff, c.lo, c.hi)
+        if kind == "ratio":  # the log-ratio's mean and interval, back on the ratio scale
+            vals = tuple(math.exp(v) if math.isfinite(v) else math.nan for v in vals)
+        return f"{_fmt(vals[0], kind)} [{_fmt(vals[1], kind)}, {_fmt(vals[2], kind)}] (n={c.n_focal})"
 
     if "dppo" in roles:
-        g = growth_ratio(records, setting, scale, roles["dppo"], n_boot)
+        logs = log_growth(records, setting, scale, roles["dppo"])
+        c = paired(logs, {s: 0.0 for s in logs}, seed=len(rows))
         rows.append(("Per-token divergence D_t grows with the position in the response (Figure 2)",
-                     f"D_t last / first quarter of the response, {roles['dppo']}", est(*g, "ratio"),
-                     verdict(g[1], g[2], null=1.0)))
+                     f"D_t last / first quarter of the response, {roles['dppo']} (geometric mean)", c, "ratio", True))
     per = {role: _per_seed(records, setting, scale, name, metric, frac, H) for role, name in roles.items()}
     if "cppo" in roles and "dppo" in roles:
-        c, d = per["cppo"], per["dppo"]
+        cc, d = per["cppo"], per["dppo"]
         for key, claim, kind in (("time_to_collapse", "CPPO collapses later than DPPO", "steps"),
                                  ("auc", "CPPO keeps more accuracy over training than DPPO (AUC)", "pts"),
                                  ("best", "CPPO reaches a higher best score than DPPO", "pts"),
                                  ("final", "CPPO ends with a higher score than DPPO", "pts")):
-            diff = paired_difference(c[key], d[key], n_boot)
-            rows.append((claim, f"{key}: {roles['cppo']} − {roles['dppo']}", est(*diff, kind),
-                         verdict(diff[1], diff[2])))
+            rows.append((claim, f"{key}: {roles['cppo']} − {roles['dppo']}", paired(cc[key], d[key], len(rows)),
+                         kind, True))
     if "cppo" in roles:
-        c = per["cppo"]
+        cc = per["cppo"]
         for role, (_, _, claim) in ABLATIONS.items():
             if role not in roles:
                 continue
             a = per[role]
-            best = paired_difference(c["best"], a["best"], n_boot)
-            area = paired_difference(c["auc"], a["auc"], n_boot)
-            rows.append((claim, f"best: {roles['cppo']} − {roles[role]} (AUC: {_fmt(area[0], 'pts')} "
-                         f"[{_fmt(area[1], 'pts')}, {_fmt(area[2], 'pts')}])", est(*best, "pts"),
-                         verdict(best[1], best[2])))
+            area = paired(cc["auc"], a["auc"], len(rows))
+            rows.append((claim, f"best: {roles['cppo']} − {roles[role]} (AUC: {_fmt(area.diff, 'pts')} "
+                         f"[{_fmt(area.lo, 'pts')}, {_fmt(area.hi, 'pts')}])", paired(cc["best"], a["best"], len(rows)),
+                         "pts", True))
         if "horizon_max" in roles:
-            a = per["horizon_max"]
-            best = paired_difference(c["best"], a["best"], n_boot)
-            v = verdict(best[1], best[2])
             rows.append(("(no claim) `horizon: response` against `horizon: max`",
-                         f"best: {roles['cppo']} − {roles['horizon_max']}", est(*best, "pts"),
-                         "differs" if v in ("holds", "does not hold") else v))
+                         f"best: {roles['cppo']} − {roles['horizon_max']}",
+                         paired(cc["best"], per["horizon_max"]["best"], len(rows)), "pts", False))
     if not rows:
         return []
-    out = [f"| claim of the paper | measure (paired over seeds) | estimate [95% CI] | verdict here |",
-           "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | **{d}** |" for a, b, c, d in rows]
+    adjust([r[2] for r in rows if r[4]])  # Holm over the claims; the no-claim row is described, not tested
+    out = ["| claim of the paper | measure (paired over seeds) | estimate [95% CI] | p | Holm p | verdict here |",
+           "|---|---|---|---|---|---|"]
+    for claim, measure, c, kind, tested in rows:
+        unit = "steps" if kind == "steps" else ("log" if kind == "ratio" else "pts")
+        word = verdict(c, True, unit) if tested else "described (no claim)"
+        out.append(f"| {claim} | {measure} | {est(c, kind)} | {fmt_p(c.p)} | "
+                   f"{fmt_p(c.p_holm) if tested else '–'} | **{word}** |")
     return out
 
 
@@ -215,18 +217,20 @@ def reject_split(records: list[RunRecord], setting: str, scale: str, method: str
 
 
 def claims_section(cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
-                   frac: float, horizons: dict[tuple[str, str], Any], n_boot: int = 10_000) -> list[str]:
+                   frac: float, horizons: dict[tuple[str, str], Any]) -> list[str]:
     """The summary's headline section: per (setting, scale), the claims table, then where CPPO masks."""
     roles = claim_methods(cfg)
     out = ["## The paper's claims on this grid", "",
-           "Each claim is one estimate with a 95% bootstrap interval over seeds (differences are paired by seed); "
-           "**holds** = the interval is on the paper's side, **does not hold** = on the other side, "
-           "**within noise** = it contains no difference. Estimates and verdict rules were fixed before the run "
+           "Each claim is one estimate paired by seed, with a 95% bootstrap interval, a two-sided sign-flip "
+           "permutation test and Holm's adjustment over the claims of the table (family-wise 5%): **holds** = "
+           "decided on the paper's side, **does not hold** = decided on the other side, **undecided** = not "
+           "decided, with the difference the grid could have detected (80% power). The estimates were fixed "
+           "before the run, the tests after it, when every verdict rule of the suite became a test "
            "(`cppo/report/claims.py`).", ""]
     any_table = False
     for scale in scales:
         for setting in settings:
-            table = claims_table(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)), n_boot)
+            table = claims_table(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)))
             if not table:
                 continue
             any_table = True

@@ -1,7 +1,9 @@
 """`cppo report CONFIG [--out results/<profile>]`: table, curves, position profiles and summary.
 
 Reads the profile's MLflow experiment (run folders as fallback), then writes into the output
-folder: `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
+folder: `comparisons.csv` and the verdicts of the declared comparisons (`report.comparisons`: the
+difference, its interval, permutation p, Holm p, detectable difference, split halves; in
+`table.md` and at the head of `summary.md`), `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
 collapsed seeds; with `eval.every`, both the best checkpoint within [0, T_stop] and the final one;
 published numbers beside ours of the same kind when `report.published` is set), `figures/`
 (stability curves and per-position profiles, PNG + SVG), `summary.md`, and `config.yaml` (the
@@ -67,7 +69,8 @@ def main(args) -> int:
     from cppo import tracking
     from cppo.report import plots
     from cppo.report.collect import collect, headline_metric
-    from cppo.report.grid import cells as grid_cells, load_config, reference as grid_reference, settings_of
+    from cppo.report import verdicts
+    from cppo.report.grid import cells as grid_cells, declared, load_config, reference as grid_reference, settings_of
     from cppo.report.summary import write_summary
     from cppo.report.tables import (CHECKPOINTS, attach_published, cell_stats, horizon, load_published, markdown,
                                     stability_markdown, stability_stats, write_csv)
@@ -76,6 +79,7 @@ def main(args) -> int:
         cfg = load_config(args.config, args.sets)
         cells = grid_cells(cfg)
         reference = grid_reference(cfg)
+        decl = declared(cfg)
     except ValueError as err:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
@@ -116,6 +120,14 @@ def main(args) -> int:
                       n_boot=rs["bootstrap"], best=True, horizons=horizons) if with_best else []
     stab = stability_stats(records, rs["collapse_metric"], rs["collapse_frac"], n_boot=rs["bootstrap"],
                            horizons=horizons)
+    fams = {}
+    if decl:
+        measures = (decl.primary, *(k for k in ("auc", "time_to_collapse", "final", "score") if k != decl.primary
+                                    and (k != "score" or benchmarks)))
+        fams = verdicts.families(records, decl, scales, collapse_metric=rs["collapse_metric"],
+                                 frac=rs["collapse_frac"], horizons=horizons, benchmarks=benchmarks, metric=metric,
+                                 measures=measures)
+        verdicts.write_csv(fams, out / "comparisons.csv")
     if rs["published"]:
         pub_path = Path(rs["published"])
         if not pub_path.is_file():
@@ -129,7 +141,12 @@ def main(args) -> int:
     score_tables = "".join(f"## Score of the {CHECKPOINTS[s[0].checkpoint]}\n\n"
                            f"{markdown(s, benchmarks, metric, methods, scales, settings, pct=pct)}\n"
                            for s in (best, stats) if s)
+    comp_table = ""
+    if decl and fams.get(decl.primary):
+        comp_table = (f"## Declared comparisons ({verdicts.NAMES[decl.primary]}; Holm over {len(fams[decl.primary])})"
+                      "\n\n" + "\n".join(verdicts.markdown_table(fams[decl.primary], decl)) + "\n\n")
     (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n"
+                                  f"{comp_table}"
                                   f"## Stability over training\n\n{stab_table}\n"
                                   f"{score_tables}"
                                   f"Collapsed: seeds whose `{rs['collapse_metric']}` fell below "
@@ -167,7 +184,9 @@ def main(args) -> int:
         from cppo.report.claims import claims_section
 
         claims = claims_section(cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
-                                horizons, n_boot=rs["bootstrap"])
+                                horizons)
+    if decl:
+        claims = verdicts.section(fams, decl, rs["collapse_metric"]) + claims
     text = write_summary(cfg, records, stats, best=best, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
