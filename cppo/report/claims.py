@@ -31,6 +31,7 @@ Methods are recognised by their rule and parameters in the profile's `methods:` 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -123,9 +124,29 @@ def _fmt(v: float, kind: str) -> str:
     return f"{100 * v:+.1f} pts"
 
 
+MEASURES = ("time_to_collapse", "auc", "best", "final")
+GROWTH = "dt_log_growth"
+"""The per-seed inputs of the claims: the stability measures of each method, and DPPO's log D_t growth."""
+
+
+def claim_inputs(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
+                 H: int | None) -> dict[str, dict[str, dict[int, float]]]:
+    """method -> measure -> seed -> value, for the methods the claims use (`claim_methods`)."""
+    roles = claim_methods(cfg)
+    per = {name: _per_seed(records, setting, scale, name, metric, frac, H) for name in roles.values()}
+    if "dppo" in roles:
+        per[roles["dppo"]][GROWTH] = log_growth(records, setting, scale, roles["dppo"])
+    return per
+
+
 def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
                  H: int | None) -> list[str]:
     """The claims table (markdown lines) of one (setting, scale) cell of the grid."""
+    return claims_table_from(cfg, claim_inputs(cfg, records, setting, scale, metric, frac, H))
+
+
+def claims_table_from(cfg: dict, inputs: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """The claims table from per-seed inputs (`claim_inputs`, or the committed `claims.csv`)."""
     roles = claim_methods(cfg)
     rows: list[tuple[str, str, Comparison, str, bool]] = []  # claim, measure, comparison, kind, in the family
 
@@ -135,12 +156,15 @@ def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, 
             vals = tuple(math.exp(v) if math.isfinite(v) else math.nan for v in vals)
         return f"{_fmt(vals[0], kind)} [{_fmt(vals[1], kind)}, {_fmt(vals[2], kind)}] (n={c.n_focal})"
 
-    if "dppo" in roles:
-        logs = log_growth(records, setting, scale, roles["dppo"])
+    growth_claim = "Per-token divergence D_t grows with the position in the response (Figure 2)"
+    missing_growth = "dppo" in roles and GROWTH not in inputs.get(roles["dppo"], {})
+    if "dppo" in roles and not missing_growth:
+        logs = inputs[roles["dppo"]][GROWTH]
         c = paired(logs, {s: 0.0 for s in logs}, seed=len(rows))
-        rows.append(("Per-token divergence D_t grows with the position in the response (Figure 2)",
-                     f"D_t last / first quarter of the response, {roles['dppo']} (geometric mean)", c, "ratio", True))
-    per = {role: _per_seed(records, setting, scale, name, metric, frac, H) for role, name in roles.items()}
+        rows.append((growth_claim, f"D_t last / first quarter of the response, {roles['dppo']} (geometric mean)", c,
+                     "ratio", True))
+    empty = {k: {} for k in MEASURES}
+    per = {role: {**empty, **inputs.get(name, {})} for role, name in roles.items()}
     if "cppo" in roles and "dppo" in roles:
         cc, d = per["cppo"], per["dppo"]
         for key, claim, kind in (("time_to_collapse", "CPPO collapses later than DPPO", "steps"),
@@ -168,11 +192,55 @@ def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, 
     adjust([r[2] for r in rows if r[4]])  # Holm over the claims; the no-claim row is described, not tested
     out = ["| claim of the paper | measure (paired over seeds) | estimate [95% CI] | p | Holm p | verdict here |",
            "|---|---|---|---|---|---|"]
+    if missing_growth:
+        out.append(f"| {growth_claim} | D_t last / first quarter of the response, {roles['dppo']} | no per-seed D_t "
+                   "profiles (not in the inputs) | – | – | **not tested** |")
     for claim, measure, c, kind, tested in rows:
         unit = "steps" if kind == "steps" else ("log" if kind == "ratio" else "pts")
         word = verdict(c, True, unit) if tested else "described (no claim)"
         out.append(f"| {claim} | {measure} | {est(c, kind)} | {fmt_p(c.p)} | "
                    f"{fmt_p(c.p_holm) if tested else '–'} | **{word}** |")
+    return out
+
+
+def write_inputs(path, cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
+                 frac: float, horizons: dict) -> None:
+    """claims.csv: every per-seed input of the claims, so that the tests can be re-run without the runs."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["setting", "scale", "method", "measure", "seed", "value"])
+        for scale in scales:
+            for setting in settings:
+                inputs = claim_inputs(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)))
+                for method, measures in inputs.items():
+                    for measure, vals in measures.items():
+                        for seed, v in sorted(vals.items()):
+                            w.writerow([setting, scale, method, measure, seed, f"{v:.9g}"])
+
+
+def read_inputs(out_dir) -> dict[tuple[str, str], dict[str, dict[str, dict[int, float]]]]:
+    """(setting, scale) -> method -> measure -> seed -> value from a report folder: its `claims.csv` when
+    there is one, else the per-seed values of `stability.csv` (which lack DPPO's D_t growth)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out: dict = {}
+    path = Path(out_dir) / "claims.csv"
+    if path.is_file():
+        for r in csv.DictReader(open(path, newline="")):
+            (out.setdefault((r["setting"], r["scale"]), {}).setdefault(r["method"], {})
+             .setdefault(r["measure"], {}))[int(r["seed"])] = float(r["value"])
+        return out
+    path = Path(out_dir) / "stability.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir}: neither claims.csv nor stability.csv to re-test from")
+    for r in csv.DictReader(open(path, newline="")):
+        if r["benchmark"] in MEASURES:
+            vals = {int(k): float(v) for k, v in json.loads(r["seed_values"] or "{}").items()}
+            out.setdefault((r["setting"], r["scale"]), {}).setdefault(r["method"], {})[r["benchmark"]] = vals
     return out
 
 
@@ -216,17 +284,48 @@ def reject_split(records: list[RunRecord], setting: str, scale: str, method: str
     return float(np.mean(vals["rule/prefix_reject_frac"])), float(np.mean(vals["rule/token_reject_frac"]))
 
 
-def claims_section(cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
-                   frac: float, horizons: dict[tuple[str, str], Any]) -> list[str]:
-    """The summary's headline section: per (setting, scale), the claims table, then where CPPO masks."""
-    roles = claim_methods(cfg)
-    out = ["## The paper's claims on this grid", "",
-           "Each claim is one estimate paired by seed, with a 95% bootstrap interval, a two-sided sign-flip "
+SECTION_HEAD = ["## The paper's claims on this grid"]
+EXPLAIN = ("Each claim is one estimate paired by seed, with a 95% bootstrap interval, a two-sided sign-flip "
            "permutation test and Holm's adjustment over the claims of the table (family-wise 5%): **holds** = "
            "decided on the paper's side, **does not hold** = decided on the other side, **undecided** = not "
            "decided, with the difference the grid could have detected (80% power). The estimates were fixed "
            "before the run, the tests after it, when every verdict rule of the suite became a test "
-           "(`cppo/report/claims.py`).", ""]
+           "(`cppo/report/claims.py`).")
+
+
+def retest_summary(text: str, cfg: dict, inputs: dict, note: str) -> str:
+    """A summary.md with its claims section re-made from per-seed inputs (`read_inputs`): the explanation
+    and each (setting, scale) table replaced, `note` added under the explanation; the rest kept."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(SECTION_HEAD[0])
+    except ValueError:
+        raise ValueError("the summary has no claims section to re-test") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    sec = lines[start:end]
+    out = [sec[0], "", EXPLAIN, "", note, ""]
+    i = next((k for k in range(1, len(sec)) if sec[k].startswith("### ")), len(sec))
+    while i < len(sec):
+        line = sec[i]
+        out.append(line)
+        i += 1
+        m = re.match(r"### `(.+)` / scale `(.+)`", line)
+        if not m:
+            continue
+        while i < len(sec) and not sec[i].startswith("|"):
+            out.append(sec[i])
+            i += 1
+        while i < len(sec) and sec[i].startswith("|"):
+            i += 1  # the old table
+        out += claims_table_from(cfg, inputs.get((m.group(1), m.group(2)), {}))
+    return "\n".join(lines[:start] + out + lines[end:]) + ("\n" if text.endswith("\n") else "")
+
+
+def claims_section(cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
+                   frac: float, horizons: dict[tuple[str, str], Any]) -> list[str]:
+    """The summary's headline section: per (setting, scale), the claims table, then where CPPO masks."""
+    roles = claim_methods(cfg)
+    out = SECTION_HEAD + ["", EXPLAIN, ""]
     any_table = False
     for scale in scales:
         for setting in settings:

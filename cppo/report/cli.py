@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key (dotted, value parsed as YAML); repeatable")
     parser.add_argument("--no-mlflow", action="store_true", help="read the run folders only")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default report.bootstrap)")
+    parser.add_argument("--retest", action="store_true",
+                        help="re-run the claims' tests from the per-seed values in the output folder (claims.csv, "
+                             "else stability.csv) and rewrite the claims tables of its summary.md; needs no runs")
     parser.add_argument("--force", action="store_true",
                         help="write the report even when no run is found (empty tables over the committed ones)")
 
@@ -84,6 +87,8 @@ def main(args) -> int:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
     profile = cfg["profile"]
+    if args.retest:
+        return _retest(cfg, Path(args.out or f"{args.results_root}/{profile}"))
     prov = tracking.provenance()  # before writing: the committed outputs being replaced are not "changes"
     out = Path(args.out or f"{args.results_root}/{profile}")
     rs = report_settings(cfg)
@@ -181,10 +186,12 @@ def main(args) -> int:
             wall_s = (max(ends) if ends else time.time()) - started
     claims = []
     if (cfg.get("report") or {}).get("claims"):
-        from cppo.report.claims import claims_section
+        from cppo.report.claims import claims_section, write_inputs
 
         claims = claims_section(cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
                                 horizons)
+        write_inputs(out / "claims.csv", cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
+                     horizons)
     if decl:
         claims = verdicts.section(fams, decl, rs["collapse_metric"]) + claims
     text = write_summary(cfg, records, stats, best=best, metric=metric, benchmarks=benchmarks,
@@ -197,4 +204,67 @@ def main(args) -> int:
     with open(out / "config.yaml", "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     print(f"cppo report: wrote {out}/table.md, table.csv, summary.md, config.yaml and {len(figures)} figures")
+    return 0
+
+
+def _splice(text: str, heading_prefixes: tuple[str, ...], new: list[str], keep=lambda line: False) -> str:
+    """`text` with the section whose heading starts with one of `heading_prefixes` replaced by `new`
+    (plus the old section's lines for which `keep` is true); unchanged when there is no such section."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading_prefixes)), None)
+    if start is None:
+        return text
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = [line for line in lines[start + 1:end] if keep(line)]
+    body = new + kept + ([""] if kept else [])
+    return "\n".join(lines[:start] + body + lines[end:]) + ("\n" if text.endswith("\n") else "")
+
+
+def _retest(cfg: dict, out) -> int:
+    """`--retest`: the verdict-bearing sections of OUT/summary.md re-made from OUT's per-seed values
+    (claims.csv or stability.csv, table.csv): the claims' tests, the stability and score sections
+    (described, no ranking) and "What it does not show"; the rest of the summary is kept."""
+    import sys
+
+    from cppo import tracking
+    from cppo.report.claims import GROWTH, read_inputs, retest_summary
+    from cppo.report.grid import reference as grid_reference, settings_of
+    from cppo.report.summary import ladder_section, not_shown, score_lines
+    from cppo.report.tables import horizon, read_csv
+
+    summary = out / "summary.md"
+    rs = report_settings(cfg)
+    methods, scales, settings = list(cfg["grid"]["methods"]), list(cfg["grid"]["scales"]), settings_of(cfg)
+    try:
+        inputs = read_inputs(out)
+        text = summary.read_text()
+        growth = any(GROWTH in m for cell in inputs.values() for m in cell.values())
+        commit = tracking.provenance().get("git_commit", "unknown")[:10]
+        src = "claims.csv" if (out / "claims.csv").is_file() else "stability.csv"
+        note = (f"*Re-tested at commit `{commit}` from the per-seed values committed in this folder (`{src}`, "
+                "`table.csv`), without the runs: this section, the stability and score sections and \"What it does "
+                "not show\" are re-made; the rest of this summary is from the original report.*")
+        if not growth:
+            note += (" *The D_t growth claim is not re-tested: its per-seed values (DPPO's position profiles) are "
+                     "not in the committed files.*")
+        if (cfg.get("report") or {}).get("claims"):
+            text = retest_summary(text, cfg, inputs, note)
+        ref = grid_reference(cfg)
+        horizons = {(st, sc): horizon(cfg, st, sc) for st in settings for sc in scales}
+        if (out / "stability.csv").is_file():
+            stab = read_csv(out / "stability.csv")
+            text = _splice(text, ("## The pressure ladder", "## Stability per setting"),
+                           ladder_section(stab, methods, scales, settings, ref, rs["collapse_metric"], horizons))
+        if (out / "table.csv").is_file():
+            final = [c for c in read_csv(out / "table.csv") if c.checkpoint in ("", "final")]
+            metric = next((line.split("`")[1] for line in text.splitlines() if line.startswith("## Final scores")), "")
+            text = _splice(text, ("## Final scores",), [f"## Final scores (`{metric}` of the final checkpoint)", ""]
+                           + score_lines(final, methods, scales, settings, ref),
+                           keep=lambda line: line.startswith("- ") and not line.startswith("- `"))
+        text = _splice(text, ("## What it does not show",), not_shown(cfg, settings, True))
+        summary.write_text(text)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"cppo report --retest: {err}", file=sys.stderr)
+        return 2
+    print(f"cppo report: re-tested the claims and re-made the descriptive sections of {summary}")
     return 0

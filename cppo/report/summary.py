@@ -155,6 +155,26 @@ def selection_lines(best: list[CellStats], final: list[CellStats], records: list
     return out
 
 
+def not_shown(cfg: dict, settings: list[str], with_stability: bool) -> list[str]:
+    """The summary's "What it does not show" section."""
+    lines = ["## What it does not show", "",
+             f"- {len(cfg['grid']['seeds'])} seeds per cell. An *undecided* comparison is not evidence of equality: "
+             "its *detectable* column says how large a difference the grid could have missed. Differences on "
+             "measures other than the declared primary one are descriptive.",
+             "- These are tiny from-scratch models on a synthetic task, CPU-sized: they test whether the rules "
+             "behave as the paper says under off-policy pressure (stability, masking), not the paper's AIME "
+             "numbers." if cfg.get("task", {}).get("name") == "chain" else
+             "- Scores are single evaluations of one checkpoint per seed (final, or the best in the window).",
+             "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
+             "specifies), so a difference between settings cannot be attributed to either alone."
+             if {"fresh", "stale"} <= set(settings) else None,
+             "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
+             "horizon: a method that never collapses and one that collapses just after the horizon look alike."
+             if with_stability else None,
+             ""]
+    return [line for line in lines if line is not None]
+
+
 def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *, metric: str,
                   benchmarks: list[str], collapse_metric: str, collapse_frac: float, methods: list[str],
                   scales: list[str], settings: list[str], wall_s: float | None, provenance: dict,
@@ -283,21 +303,7 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
         if math.isfinite(pre) and math.isfinite(tok):
             lines += ["", f"CPPO rejections (all its runs): {pre:.4%} of eligible tokens only by the prefix budget, "
                       f"{tok:.4%} by the position-weighted token test."]
-    lines += ["", "## What it does not show", "",
-              f"- {len(grid['seeds'])} seeds per cell. An *undecided* comparison is not evidence of equality: its "
-              "*detectable* column says how large a difference the grid could have missed. Differences on measures "
-              "other than the declared primary one are descriptive.",
-              "- These are tiny from-scratch models on a synthetic task, CPU-sized: they test whether the rules "
-              "behave as the paper says under off-policy pressure (stability, masking), not the paper's AIME "
-              "numbers." if cfg.get("task", {}).get("name") == "chain" else
-              "- Scores are single evaluations of one checkpoint per seed (final, or the best in the window).",
-              "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
-              "specifies), so a difference between settings cannot be attributed to either alone."
-              if {"fresh", "stale"} <= set(settings) else None,
-              "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
-              "horizon: a method that never collapses and one that collapses just after the horizon look alike."
-              if stab else None,
-              ""]
+    lines += [""] + not_shown(cfg, settings, bool(stab))
     if figures:
         lines += ["## Figures", ""] + [f"- [{f}](figures/{f})" for f in figures] + [""]
     return "\n".join(l for l in lines if l is not None)
