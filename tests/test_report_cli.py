@@ -71,7 +71,8 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
     assert "| pg_is | 25.0 [" in md and "| 2/3 |" in md
     figs = {p.name: p.stat().st_size for p in (out / "figures").iterdir()}
     assert set(figs) == {"curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
-                         "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg"}
+                         "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg",
+                         "comparisons.png", "comparisons.svg"}
     assert min(figs.values()) > 10_000
     summary = (out / "summary.md").read_text()
     assert "6 runs; 5 finished, 6 evaluated" in summary

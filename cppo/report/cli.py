@@ -163,6 +163,9 @@ def main(args) -> int:
         shutil.rmtree(fig_dir)  # no stale figures of methods/scales no longer in the grid
     fig_dir.mkdir(parents=True)
     figures = []
+    if fams:
+        figures += [p.name for p in plots.comparison_figure(fams, decl.primary, fig_dir, verdicts.NAMES,
+                                                            verdicts.UNITS) if p.suffix == ".png"]
     for scale in scales:
         if len(settings) > 1:
             figures += [p.name for p in plots.frontier_figure(stab, methods, settings, scale, fig_dir, reference,

@@ -167,7 +167,8 @@ class Comparison:
 
     @property
     def decided(self) -> bool:
-        return self.verdict not in ("", "undecided")
+        """Decided by the family's test (a descriptive comparison never is)."""
+        return self.verdict in (f"{self.focal} higher", f"{self.focal} lower")
 
 
 def _samples(a: Mapping[int, float], b: Mapping[int, float], paired: bool) -> tuple[np.ndarray, np.ndarray]:
