@@ -62,14 +62,20 @@ def main() -> int:
         H = horizon(raw, st, a.scale)
         cells, n = [], 0
         for k in seeds:
-            h = read_metrics_jsonl(a.out / f"setting~{st}" / f"seed~{k}" / "metrics.jsonl", {metric}).get(metric)
+            run = a.out / f"setting~{st}" / f"seed~{k}"
+            h = read_metrics_jsonl(run / "metrics.jsonl", {metric}).get(metric)
             if not h:
                 cells.append("missing")
+                continue
+            if not (run / "done").exists():  # a partial run has not collapsed *yet*: never count it
+                cells.append(f"unfinished (step {max(s for s, _ in h)})")
                 continue
             t = time_to_collapse(h, frac, H)
             n += bool(t and t[1])
             cells.append(f"{t[0] if t and t[1] else '—'} / {auc(h, H):.2f} / {final_value(h, H):.2f}")
-        print(f"| {st} | {H} | " + " | ".join(cells) + f" | {n}/{len(seeds)} |")
+        done = sum(1 for c in cells if c != "missing" and not c.startswith("unfinished"))
+        print(f"| {st} | {H} | " + " | ".join(cells) + f" | {n}/{done}" + ("" if done == len(seeds) else
+                                                                      f" ({len(seeds) - done} not finished)") + " |")
     return 0
 
 
