@@ -34,6 +34,10 @@ def main() -> int:
     p.add_argument("--settings", nargs="+", default=None, help="rungs to calibrate (default: grid.settings)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (one thread each)")
     p.add_argument("--table-only", action="store_true", help="print the table of existing runs")
+    p.add_argument("--choose", nargs="+", metavar="RUNG", default=None,
+                   help="apply the default profile's rules (docs/tiny-default.md) to the finished runs: the first "
+                        "of these candidate rungs, the horizon and the primary measure; the first of --settings "
+                        "is the on-policy reference")
     a = p.parse_args()
     cfg = load_config(a.config)
     raw, settings = cfg.raw, list(a.settings or cfg.grid.settings)
@@ -76,7 +80,72 @@ def main() -> int:
         done = sum(1 for c in cells if c != "missing" and not c.startswith("unfinished"))
         print(f"| {st} | {H} | " + " | ".join(cells) + f" | {n}/{done}" + ("" if done == len(seeds) else
                                                                       f" ({len(seeds) - done} not finished)") + " |")
+    if a.choose:
+        histories = {}
+        for st in settings:
+            for k in seeds:
+                run = a.out / f"setting~{st}" / f"seed~{k}"
+                if (run / "done").exists():
+                    histories.setdefault(st, []).append(read_metrics_jsonl(run / "metrics.jsonl", {metric})[metric])
+        print()
+        for line in choose(histories, settings[0], a.choose, len(seeds), frac, int(raw["rl"].get("eval_every", 10))):
+            print(line)
     return 0
+
+
+def choose(histories: dict[str, list], reference: str, candidates: list[str], n_seeds: int, frac: float,
+           cadence: int, cap: int = 100) -> list[str]:
+    """Rules 1-3 of docs/tiny-default.md, applied mechanically (lines of text to print).
+
+    1. rung: the first candidate where pg_is collapses in >= 90% of the calibration seeds (all finished),
+       provided the reference (on-policy) rung collapses in none;
+    2. horizon: the latest time to collapse at that rung + 2 evaluations, rounded up to the cadence, capped;
+    3. measure: among time to collapse, AUC and final value at that horizon, the largest
+       |mean(reference) − mean(rung)| / pooled SD.
+    """
+    import math
+
+    import numpy as np
+
+    from cppo.report.stats import run_stability, time_to_collapse
+
+    out = []
+    ref = [time_to_collapse(h, frac, cap) for h in histories.get(reference, [])]
+    n_ref = sum(1 for t in ref if t and t[1])
+    out.append(f"reference `{reference}`: {n_ref}/{len(ref)} collapsed" + ("" if n_ref == 0 else
+               " (rule 1: reported beside the chosen rung)"))
+    rung = None
+    for st in candidates:
+        hs = histories.get(st, [])
+        ts = [time_to_collapse(h, frac, cap) for h in hs]
+        k = sum(1 for t in ts if t and t[1])
+        need = math.ceil(0.9 * n_seeds)
+        verdict = "chosen" if len(hs) == n_seeds and k >= need else (
+            "fails" if len(hs) - k > n_seeds - need else "not decided yet (runs missing)")
+        out.append(f"candidate `{st}`: {k}/{len(hs)} collapsed (needs {need}/{n_seeds}): {verdict}")
+        if verdict == "chosen":
+            rung = st
+            break
+        if verdict != "fails":
+            return out
+    if rung is None:
+        return out + ["no candidate rung qualifies"]
+    times = [t[0] for t in (time_to_collapse(h, frac, cap) for h in histories[rung]) if t and t[1]]
+    H = min(cap, int(math.ceil((max(times) + 2 * cadence) / cadence) * cadence))
+    out.append(f"horizon: latest collapse at step {max(times)} + {2 * cadence}, rounded up to {cadence}, capped at "
+               f"{cap}: {H}")
+    best, scores = None, {}
+    for measure in ("time_to_collapse", "auc", "final"):
+        a = np.array([run_stability(h, frac, H)[measure] for h in histories[reference]])
+        b = np.array([run_stability(h, frac, H)[measure] for h in histories[rung]])
+        pooled = math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        scores[measure] = abs(a.mean() - b.mean()) / pooled if pooled > 0 else math.inf
+        out.append(f"measure {measure}: {reference} {a.mean():.3f} (SD {a.std(ddof=1):.3f}), {rung} {b.mean():.3f} "
+                   f"(SD {b.std(ddof=1):.3f}); range / pooled SD = {scores[measure]:.2f}")
+        if best is None or scores[measure] > scores[best]:
+            best = measure
+    out.append(f"primary measure: {best}")
+    return out
 
 
 if __name__ == "__main__":
