@@ -155,15 +155,16 @@ def test_aa_family_wise_error_at_most_5_percent(n, dist, paired):
 def test_power_one_sd_at_n20():
     """One SD between cppo and dppo (the others equal to cppo), 20 seeds: decided in most grids.
 
-    Rate: 0.75-0.80 expected (two-sided, first Holm step at 0.05/3); this seed gives 0.78 (asserted
-    ≥ 0.70), always in the right direction.
+    Rate: about 0.75 expected from the normal approximation (two-sided, first Holm step at 0.05/3);
+    these 1000 grids give 0.711 (asserted ≥ 0.65), and the two null comparisons 0.048 together.
     """
     rng = np.random.default_rng(7)
     data = rng.normal(0.0, 1.0, (G, 4, 20))
     data[:, 3] -= 1.0  # method 3 (dppo) one SD below cppo, pg_is and grpo
     rej = _family_rejections(data, paired=False, resamples=999, seed=3)
     rate = rej[:, 2].mean()
-    assert rate >= 0.70, f"power {rate:.3f}"
+    assert rate >= 0.65, f"power {rate:.3f}"
+    assert (data[:, 0].mean(axis=1) > data[:, 3].mean(axis=1))[rej[:, 2]].all()  # decided the right way
     assert rej[:, :2].any(axis=1).mean() <= 0.05 + 0.02  # the two null comparisons stay quiet
 
 
