@@ -51,6 +51,18 @@ def test_profiles_validate(profile):
     check_config(_load(profile))
 
 
+def test_dry_run_takes_cppo_set_overrides(tmp_path):
+    """`--config 'set=KEY=VALUE'`: the `cppo --set` syntax for nested keys (a replication's seeds)."""
+    res = _snakemake("-n", "--config", "set=grid.seeds=[101, 102]", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    seeds = set(re.findall(r"seed~(\d+)", res.stdout + res.stderr))
+    assert seeds == {"101", "102"}
+    snap = yaml.safe_load((tmp_path / "results" / "tiny" / "runs" / "_config.yaml").read_text())
+    assert snap["grid"]["seeds"] == [101, 102] and "set" not in snap
+    bad = _snakemake("-n", "--config", "set=grid.seedz=[1]", cwd=tmp_path)
+    assert bad.returncode != 0 and "unknown config key grid.seedz" in bad.stdout + bad.stderr
+
+
 def test_tiny_all_is_generated_from_tiny():
     sys.path.insert(0, str(REPO / "workflow" / "scripts"))
     from make_tiny_all import render

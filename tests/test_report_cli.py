@@ -71,7 +71,8 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
     assert "| pg_is | 25.0 [" in md and "| 2/3 |" in md
     figs = {p.name: p.stat().st_size for p in (out / "figures").iterdir()}
     assert set(figs) == {"curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
-                         "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg"}
+                         "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg",
+                         "comparisons.png", "comparisons.svg"}
     assert min(figs.values()) > 10_000
     summary = (out / "summary.md").read_text()
     assert "6 runs; 5 finished, 6 evaluated" in summary
@@ -83,8 +84,16 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
     assert "\nHost: " in summary and "not bit for bit" in summary
     assert "Unfinished runs (1)**: fresh/cppo/s/seed3" in summary
     assert "Collapsed seeds: pg_is 2/3." in summary
-    # cppo (mean 0.4) vs pg_is (0.25, seeds 0.075-0.525): intervals overlap, so the summary must not call a winner
-    assert "not separable" in summary
+    # the declared default: cppo against pg_is on AUC; 3 + 3 seeds cannot reach p <= 0.05, so no verdict
+    assert "## Declared comparisons: the verdicts" in summary and "separat" not in summary
+    row = next(line for line in summary.splitlines() if line.startswith("| fresh | s | cppo − pg_is | 3 + 3 |"))
+    assert "**undecided (n = 3 + 3; no difference is detectable: the smallest attainable p, 0.1, is above 0.05)**" in row
+    comp = {(r["measure"], r["other"]): r for r in csv.DictReader(open(out / "comparisons.csv"))}
+    auc = comp[("auc", "pg_is")]
+    assert auc["role"] == "primary" and auc["verdict"] == "undecided" and auc["mdd80"] == "inf"
+    # AUC over [0, 4] (the trainer's evaluations at steps 0 and 4): cppo 0.8 per seed, pg_is (0.8 + a) / 2
+    assert math.isclose(float(auc["diff"]), 0.8 - (0.45 + 0.5 + 0.75) / 3, rel_tol=1e-5)
+    assert comp[("score", "pg_is")]["role"] == "descriptive"
     assert yaml.safe_load((out / "config.yaml").read_text())["profile"] == "rep"
 
 
@@ -179,3 +188,39 @@ def test_tiny_profile_best_in_window_is_the_max_over_evaluated_checkpoints(tmp_p
     md = (out / "table.md").read_text()
     assert md.index("## Score of the best checkpoint within [0, T_stop]") < md.index("## Score of the final checkpoint")
     assert "optimistically biased" in (out / "summary.md").read_text()
+
+
+def test_retest_from_committed_values_reproduces_the_claims(tmp_path):
+    """`cppo report --retest` needs no runs: from claims.csv it re-makes the same claims table, and
+    from stability.csv alone everything but the D_t growth claim (whose per-seed values it lacks)."""
+    root = tmp_path / "results"
+    cfg = dict(CFG, methods={"dppo": {"rule": "dppo"}, "cppo": {"rule": "cppo"}},
+               grid=dict(CFG["grid"], methods=["dppo", "cppo"]), report={"claims": True})
+    path = tmp_path / "rep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    for seed, acc in ((1, 0.1), (2, 0.2), (3, 0.7)):
+        _write_run(root, "dppo", seed, acc, (acc, acc / 2))
+        _write_run(root, "cppo", seed, 0.8, (0.4, 0.3))
+    out = tmp_path / "out"
+    assert main(["report", str(path), "--out", str(out), "--results-root", str(root), "--no-mlflow"]) == 0
+    first = (out / "summary.md").read_text()
+    table = [line for line in first.splitlines() if line.startswith("| CPPO") or line.startswith("| Per-token")]
+    assert len(table) == 5 and all("undecided (n = 3 pairs" in line for line in table)
+    import shutil
+
+    shutil.rmtree(root)  # no runs from here on
+    assert main(["report", str(path), "--out", str(out), "--retest"]) == 0
+    again = (out / "summary.md").read_text()
+    assert [line for line in again.splitlines() if line.startswith("| CPPO") or line.startswith("| Per-token")] == table
+    assert "*Re-tested at commit" in again and again.count("## The paper's claims on this grid") == 1
+    assert "## Grid and cost" in again and "## Trust-region diagnostics" in again  # the rest kept
+    (out / "claims.csv").unlink()
+    assert main(["report", str(path), "--out", str(out), "--retest"]) == 0
+    third = (out / "summary.md").read_text()
+    assert "| no per-seed D_t profiles (not in the inputs) | – | – | **not tested** |" in third
+    rows = [line for line in third.splitlines() if line.startswith("| CPPO")]
+    # the same estimates and p-values; the family is 4 claims now, so each row's level is 0.05 / 4
+    assert [r.split(" | ")[:5] for r in rows] == [r.split(" | ")[:5] for r in table[1:]]
+    assert all("is above 0.0125)" in r for r in rows) and all("is above 0.01)" in r for r in table[1:])
+    (out / "stability.csv").unlink()
+    assert main(["report", str(path), "--out", str(out), "--retest"]) == 2  # nothing to re-test from

@@ -11,7 +11,7 @@ import pytest
 
 from cppo.report.collect import RunRecord, eval_metric, read_metrics_jsonl
 from cppo.report.grid import Cell, apply_sets, cells, parents
-from cppo.report.stats import (auc, best_in_run, bootstrap_band, bootstrap_ci, ci_overlap, collapsed, final_value,
+from cppo.report.stats import (auc, best_in_run, bootstrap_band, bootstrap_ci, collapsed, final_value,
                                iqm, time_to_collapse, wilson_interval)
 from cppo.report.tables import (attach_published, best_step, cell_stats, load_published, markdown, step_means,
                                 write_csv)
@@ -118,12 +118,6 @@ def test_wilson_interval():
     assert all(math.isnan(v) for v in wilson_interval(0, 0))
 
 
-def test_ci_overlap():
-    assert ci_overlap((0.5, 0.4, 0.6), (0.55, 0.5, 0.7))
-    assert not ci_overlap((0.5, 0.4, 0.45), (0.6, 0.5, 0.7))
-    assert ci_overlap((0.5, math.nan, math.nan), (0.9, 0.8, 1.0))  # unknown counts as overlapping
-
-
 # ----------------------------------------------------------------------------- grid and tables
 CFG = {
     "profile": "t",
@@ -144,6 +138,13 @@ def test_grid_cells_paths_and_errors():
         cells(bad)
     with pytest.raises(ValueError, match="unknown scale 'xl'"):
         cells(apply_sets(CFG, ["grid.scales=[xl]"]))
+    # a misspelt declared comparison stops the plan, before any run
+    with pytest.raises(ValueError, match=r"report.comparisons.against: \['dpo'\]"):
+        cells(apply_sets(CFG, ["report.comparisons.against=[dpo]"]))
+    with pytest.raises(ValueError, match="report.comparisons.settings"):
+        cells(apply_sets(CFG, ["report.comparisons.settings=[stale]"]))
+    with pytest.raises(ValueError, match="report.comparisons.focal"):
+        cells(apply_sets(CFG, ["report.comparisons.focal=dppo"]))
     assert apply_sets(CFG, ["rl.lr=3e-4"])["rl"]["lr"] == 3e-4 and "rl" not in CFG
 
 
@@ -320,7 +321,7 @@ def test_stability_stats_frontier_and_summary(tmp_path):
     text = "\n".join(ladder_section(stab, ["pg_is", "cppo"], ["s"], ["onpolicy", "upd8"], ("onpolicy", "pg_is"),
                                     "eval/chain_id/greedy_acc", H))
     assert "collapsed seeds pg_is 2/3, cppo 0/3" in text
-    assert "separated: cppo > pg_is" in text  # AUC 0.40 [0.40, 0.40] vs at most 0.29
+    assert "separat" not in text and "AUC: pg_is 21.2% [" in text  # (0.1375 + 0.1875 + 0.3125) / 3, described, not ranked
     paths = frontier_figure(stab, ["pg_is", "cppo"], ["onpolicy", "upd8"], "s", tmp_path, ("onpolicy", "pg_is"), 40)
     assert [p.name for p in paths] == ["frontier_scale-s.png", "frontier_scale-s.svg"]
     assert all(p.stat().st_size > 5000 for p in paths)
@@ -328,7 +329,8 @@ def test_stability_stats_frontier_and_summary(tmp_path):
 
 # ----------------------------------------------------------------------------- the paper's claims (tiny-long)
 def test_claims_roles_verdicts_and_table():
-    from cppo.report.claims import claim_methods, claims_table, growth_ratio, paired_difference, verdict
+    from cppo.report.claims import claim_methods, claims_table, log_growth, paired, verdict
+    from cppo.report.compare import adjust
 
     cfg = {"methods": {"dppo": {"rule": "dppo", "divergence": "binary_tv"},
                        "cppo": {"rule": "cppo", "divergence": "binary_tv"},
@@ -338,9 +340,14 @@ def test_claims_roles_verdicts_and_table():
            "grid": {"methods": ["dppo", "cppo", "no_w", "kl", "hmax"]}}
     assert claim_methods(cfg) == {"dppo": "dppo", "cppo": "cppo", "no_position_weight": "no_w", "kl": "kl",
                                   "horizon_max": "hmax"}
-    assert verdict(0.1, 0.3) == "holds" and verdict(-0.3, -0.1) == "does not hold" and verdict(-0.1, 0.2) == "within noise"
-    assert verdict(1.2, 1.5, null=1.0) == "holds" and verdict(float("nan"), 1.0).startswith("undecided")
-    assert paired_difference({1: 0.5, 2: 0.7, 3: 0.6}, {1: 0.4, 2: 0.5, 9: 0.0}, n_boot=500)[3] == 2  # common seeds
+    c = paired({1: 0.5, 2: 0.7, 3: 0.6}, {1: 0.4, 2: 0.5, 9: 0.0})
+    assert c.n_focal == 2 and c.diff == pytest.approx(0.15)  # the common seeds only
+    [up] = adjust([paired({k: 1.0 + k for k in range(1, 9)}, {k: 0.0 for k in range(1, 9)})])
+    [down] = adjust([paired({k: 0.0 for k in range(1, 9)}, {k: 1.0 + k for k in range(1, 9)})])
+    assert up.p == pytest.approx(2 / 256) and verdict(up) == "holds" and verdict(down) == "does not hold"
+    assert verdict(up, claimed_positive=False) == "does not hold"
+    [few] = adjust([paired({1: 1.0, 2: 2.0, 3: 3.0}, {1: 0.0, 2: 0.0, 3: 0.0})])
+    assert verdict(few).startswith("undecided (n = 3 pairs; no difference is detectable")
 
     def rec(method, seed, hist, div):
         r = _lrec("upd4", method, seed, hist)
@@ -350,18 +357,26 @@ def test_claims_roles_verdicts_and_table():
     grow = [0.01, 0.01, 0.02, 0.02, 0.03, 0.03, 0.04, 0.04]  # last quarter / first quarter = 4
     falls = [(0, 0.4), (10, 0.1), (20, 0.1)]
     holds = [(0, 0.4), (10, 0.45), (20, 0.4)]
-    recs = [rec("dppo", k, falls, [v * k for v in grow]) for k in (1, 2, 3)]
-    recs += [rec("cppo", k, holds, grow) for k in (1, 2, 3)]
-    recs += [rec("no_w", k, [(0, 0.4), (10, 0.4 - 0.01 * k), (20, 0.3)], grow) for k in (1, 2, 3)]
-    ratio, lo, hi, n = growth_ratio(recs, "upd4", "s", "dppo", n_boot=500)
-    assert n == 3 and ratio == pytest.approx(4.0) and lo == pytest.approx(4.0)  # scale-free: k·D has the same shape
-    table = "\n".join(claims_table(cfg, recs, "upd4", "s", "eval/chain_id/greedy_acc", 0.5, 20, n_boot=500))
+    seeds = range(1, 10)  # 9 pairs: a sign-flip test can reach 2/512, below 0.05 / 6 (the 6 claims with runs)
+    recs = [rec("dppo", k, falls, [v * k for v in grow]) for k in seeds]
+    recs += [rec("cppo", k, holds, grow) for k in seeds]
+    recs += [rec("no_w", k, [(0, 0.4), (10, 0.4 - 0.01 * k), (20, 0.3)], grow) for k in seeds]
+    logs = log_growth(recs, "upd4", "s", "dppo")
+    assert sorted(logs) == list(seeds) and all(v == pytest.approx(math.log(4.0)) for v in logs.values())
+    table = "\n".join(claims_table(cfg, recs, "upd4", "s", "eval/chain_id/greedy_acc", 0.5, 20))
     assert "| Per-token divergence D_t grows with the position in the response (Figure 2) |" in table
-    assert "4.00× [4.00×, 4.00×] (n=3) | **holds** |" in table
+    assert "4.00× [4.00×, 4.00×] (n=9) | 0.004 | 0.023 | **holds** |" in table  # 2/512 × 6 (Holm)
     ttc = next(line for line in table.splitlines() if line.startswith("| CPPO collapses later than DPPO"))
-    assert "+10 [+10, +10] (n=3)" in ttc and ttc.endswith("**holds** |")  # 20 (censored) − 10
+    assert "+10 [+10, +10] (n=9)" in ttc and ttc.endswith("**holds** |")  # 20 (censored) − 10
     now = next(line for line in table.splitlines() if line.startswith("| Removing the position weight"))
-    assert "| +5.0 pts [+5.0 pts, +5.0 pts] (n=3) | **holds** |" in now  # best 0.45 against 0.40 (step 0)
+    assert "| +5.0 pts [+5.0 pts, +5.0 pts] (n=9) |" in now and now.endswith("**holds** |")  # best 0.45 vs 0.40
+    hmax = next(line for line in table.splitlines() if line.startswith("| (no claim)"))
+    assert hmax.endswith("| – | **described (no claim)** |")
+    # the same grid with 3 seeds cannot decide anything (a sign-flip test of 3 pairs has p >= 0.25)
+    three = [r for r in recs if r.cell.seed <= 3]
+    table = "\n".join(claims_table(cfg, three, "upd4", "s", "eval/chain_id/greedy_acc", 0.5, 20))
+    assert "**holds**" not in table and table.count("**undecided (n = 3 pairs") == 6
+    assert "**undecided (too few seeds)**" in table  # kl: no runs
 
 
 def test_horizon_takes_the_per_model_steps_of_the_paper_profile():

@@ -2,17 +2,22 @@
 
 Why a table of claims: the CPPO paper argues by ablation (its Figure 2 and the ablation table), so a
 reproduction should say, claim by claim, whether a grid agrees. Each claim is reduced to one
-estimate with a 95% bootstrap interval over seeds, and the verdict is mechanical:
+estimate, paired by seed (the same seed gives both methods the same base and prompt stream), with
+a 95% bootstrap interval, and tested with the machinery of the declared comparisons
+(`cppo.report.compare`): a two-sided sign-flip permutation test of the paired differences, Holm's
+adjustment over the claims of one table (the family), and a mechanical verdict:
 
-- **holds**: the interval lies entirely on the side the paper claims;
-- **does not hold**: it lies entirely on the other side;
-- **within noise**: it contains the null value (0 for a difference, 1 for a ratio).
+- **holds**: Holm p ≤ 0.05 and the estimate is on the side the paper claims;
+- **does not hold**: Holm p ≤ 0.05 and the estimate is on the other side;
+- **undecided**: otherwise, with the difference the grid could have detected. A sign-flip test of
+  n pairs cannot go below 2/2^n, so 5 seeds (0.0625) can never decide one claim, let alone a
+  Holm-adjusted family: that is what 5 seeds can say, not a failure of the test.
 
 The estimates (chosen before the grid was run, README "A long-horizon study"):
 
 - *D_t grows with position*: per DPPO run, the mean D_t over the last quarter of relative positions
   divided by the mean over the first quarter (`position_profile.json`, buckets of the relative
-  position); the geometric mean over seeds with the bootstrap interval of the mean log-ratio.
+  position); the geometric mean over seeds, tested as the mean log-ratio against 0.
   DPPO is used because its mask does not depend on the position.
 - *CPPO against DPPO*, and *each ablation costs accuracy*: paired differences over seeds (the same
   seed gives both methods the same prompts and the same base) of time to collapse, AUC, best-in-run
@@ -26,12 +31,14 @@ Methods are recognised by their rule and parameters in the profile's `methods:` 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
 
 from cppo.report.collect import RunRecord
-from cppo.report.stats import bootstrap_ci, run_stability
+from cppo.report.compare import Comparison, adjust, compare, describe, fmt_p
+from cppo.report.stats import run_stability
 
 ABLATIONS = {
     "no_position_weight": ("ablation", "no_position_weight", "Removing the position weight (w ≡ 1) costs accuracy"),
@@ -78,29 +85,14 @@ def _per_seed(records: list[RunRecord], setting: str, scale: str, method: str, m
     return out
 
 
-def paired_difference(a: dict[int, float], b: dict[int, float], n_boot: int = 10_000) -> tuple[float, float, float, int]:
-    """(mean, lo, hi, n) of a − b over the seeds both have (percentile bootstrap of the mean)."""
-    seeds = sorted(set(a) & set(b))
-    mean, lo, hi = bootstrap_ci([a[s] - b[s] for s in seeds], n_boot=n_boot)
-    return mean, lo, hi, len(seeds)
+def paired(a: dict[int, float], b: dict[int, float], seed: int = 0) -> Comparison:
+    """a − b over the seeds both have: mean, 95% interval, sign-flip permutation p (Holm comes after)."""
+    return compare(a, b, paired=True, seed=seed)
 
 
-def verdict(lo: float, hi: float, null: float = 0.0, claimed_positive: bool = True) -> str:
-    """holds / does not hold / within noise, from an interval and the side the claim is on."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "undecided (too few seeds)"
-    if lo > null:
-        return "holds" if claimed_positive else "does not hold"
-    if hi < null:
-        return "does not hold" if claimed_positive else "holds"
-    return "within noise"
-
-
-def growth_ratio(records: list[RunRecord], setting: str, scale: str, method: str,
-                 n_boot: int = 10_000) -> tuple[float, float, float, int]:
-    """Geometric-mean ratio of D_t (last quarter / first quarter of relative positions) over seeds,
-    with its 95% interval: (ratio, lo, hi, n seeds)."""
-    logs = []
+def log_growth(records: list[RunRecord], setting: str, scale: str, method: str) -> dict[int, float]:
+    """seed -> log(mean D_t over the last quarter of relative positions / over the first quarter)."""
+    logs: dict[int, float] = {}
     for r in records:
         prof = r.position_profile or {}
         d = prof.get("div_mean")
@@ -109,9 +101,17 @@ def growth_ratio(records: list[RunRecord], setting: str, scale: str, method: str
         q = max(1, len(d) // 4)
         first, last = float(np.mean(d[:q])), float(np.mean(d[-q:]))
         if first > 0 and last > 0:
-            logs.append(math.log(last / first))
-    mean, lo, hi = bootstrap_ci(logs, n_boot=n_boot)
-    return (*(math.exp(v) if math.isfinite(v) else math.nan for v in (mean, lo, hi)), len(logs))
+            logs[r.cell.seed] = math.log(last / first)
+    return logs
+
+
+def verdict(c: Comparison, claimed_positive: bool = True, unit: str = "pts") -> str:
+    """holds / does not hold / undecided (...), from a Holm-adjusted comparison and the claimed side."""
+    if c.n_focal < 2:
+        return "undecided (too few seeds)"
+    if not c.decided:
+        return describe(c, unit)
+    return "holds" if (c.diff > 0) == claimed_positive else "does not hold"
 
 
 def _fmt(v: float, kind: str) -> str:
@@ -124,53 +124,123 @@ def _fmt(v: float, kind: str) -> str:
     return f"{100 * v:+.1f} pts"
 
 
-def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
-                 H: int | None, n_boot: int = 10_000) -> list[str]:
-    """The claims table (markdown lines) of one (setting, scale) cell of the grid."""
+MEASURES = ("time_to_collapse", "auc", "best", "final")
+GROWTH = "dt_log_growth"
+"""The per-seed inputs of the claims: the stability measures of each method, and DPPO's log D_t growth."""
+
+
+def claim_inputs(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
+                 H: int | None) -> dict[str, dict[str, dict[int, float]]]:
+    """method -> measure -> seed -> value, for the methods the claims use (`claim_methods`)."""
     roles = claim_methods(cfg)
-    rows: list[tuple[str, str, str, str]] = []  # claim, measure, estimate [CI] (n), verdict
-
-    def est(mean, lo, hi, n, kind):
-        return f"{_fmt(mean, kind)} [{_fmt(lo, kind)}, {_fmt(hi, kind)}] (n={n})"
-
+    per = {name: _per_seed(records, setting, scale, name, metric, frac, H) for name in roles.values()}
     if "dppo" in roles:
-        g = growth_ratio(records, setting, scale, roles["dppo"], n_boot)
-        rows.append(("Per-token divergence D_t grows with the position in the response (Figure 2)",
-                     f"D_t last / first quarter of the response, {roles['dppo']}", est(*g, "ratio"),
-                     verdict(g[1], g[2], null=1.0)))
-    per = {role: _per_seed(records, setting, scale, name, metric, frac, H) for role, name in roles.items()}
+        per[roles["dppo"]][GROWTH] = log_growth(records, setting, scale, roles["dppo"])
+    return per
+
+
+def claims_table(cfg: dict, records: list[RunRecord], setting: str, scale: str, metric: str, frac: float,
+                 H: int | None) -> list[str]:
+    """The claims table (markdown lines) of one (setting, scale) cell of the grid."""
+    return claims_table_from(cfg, claim_inputs(cfg, records, setting, scale, metric, frac, H))
+
+
+def claims_table_from(cfg: dict, inputs: dict[str, dict[str, dict[int, float]]]) -> list[str]:
+    """The claims table from per-seed inputs (`claim_inputs`, or the committed `claims.csv`)."""
+    roles = claim_methods(cfg)
+    rows: list[tuple[str, str, Comparison, str, bool]] = []  # claim, measure, comparison, kind, in the family
+
+    def est(c: Comparison, kind: str) -> str:
+        vals = (c.diff, c.lo, c.hi)
+        if kind == "ratio":  # the log-ratio's mean and interval, back on the ratio scale
+            vals = tuple(math.exp(v) if math.isfinite(v) else math.nan for v in vals)
+        return f"{_fmt(vals[0], kind)} [{_fmt(vals[1], kind)}, {_fmt(vals[2], kind)}] (n={c.n_focal})"
+
+    growth_claim = "Per-token divergence D_t grows with the position in the response (Figure 2)"
+    missing_growth = "dppo" in roles and GROWTH not in inputs.get(roles["dppo"], {})
+    if "dppo" in roles and not missing_growth:
+        logs = inputs[roles["dppo"]][GROWTH]
+        c = paired(logs, {s: 0.0 for s in logs}, seed=len(rows))
+        rows.append((growth_claim, f"D_t last / first quarter of the response, {roles['dppo']} (geometric mean)", c,
+                     "ratio", True))
+    empty = {k: {} for k in MEASURES}
+    per = {role: {**empty, **inputs.get(name, {})} for role, name in roles.items()}
     if "cppo" in roles and "dppo" in roles:
-        c, d = per["cppo"], per["dppo"]
+        cc, d = per["cppo"], per["dppo"]
         for key, claim, kind in (("time_to_collapse", "CPPO collapses later than DPPO", "steps"),
                                  ("auc", "CPPO keeps more accuracy over training than DPPO (AUC)", "pts"),
                                  ("best", "CPPO reaches a higher best score than DPPO", "pts"),
                                  ("final", "CPPO ends with a higher score than DPPO", "pts")):
-            diff = paired_difference(c[key], d[key], n_boot)
-            rows.append((claim, f"{key}: {roles['cppo']} − {roles['dppo']}", est(*diff, kind),
-                         verdict(diff[1], diff[2])))
+            rows.append((claim, f"{key}: {roles['cppo']} − {roles['dppo']}", paired(cc[key], d[key], len(rows)),
+                         kind, True))
     if "cppo" in roles:
-        c = per["cppo"]
+        cc = per["cppo"]
         for role, (_, _, claim) in ABLATIONS.items():
             if role not in roles:
                 continue
             a = per[role]
-            best = paired_difference(c["best"], a["best"], n_boot)
-            area = paired_difference(c["auc"], a["auc"], n_boot)
-            rows.append((claim, f"best: {roles['cppo']} − {roles[role]} (AUC: {_fmt(area[0], 'pts')} "
-                         f"[{_fmt(area[1], 'pts')}, {_fmt(area[2], 'pts')}])", est(*best, "pts"),
-                         verdict(best[1], best[2])))
+            area = paired(cc["auc"], a["auc"], len(rows))
+            rows.append((claim, f"best: {roles['cppo']} − {roles[role]} (AUC: {_fmt(area.diff, 'pts')} "
+                         f"[{_fmt(area.lo, 'pts')}, {_fmt(area.hi, 'pts')}])", paired(cc["best"], a["best"], len(rows)),
+                         "pts", True))
         if "horizon_max" in roles:
-            a = per["horizon_max"]
-            best = paired_difference(c["best"], a["best"], n_boot)
-            v = verdict(best[1], best[2])
             rows.append(("(no claim) `horizon: response` against `horizon: max`",
-                         f"best: {roles['cppo']} − {roles['horizon_max']}", est(*best, "pts"),
-                         "differs" if v in ("holds", "does not hold") else v))
+                         f"best: {roles['cppo']} − {roles['horizon_max']}",
+                         paired(cc["best"], per["horizon_max"]["best"], len(rows)), "pts", False))
     if not rows:
         return []
-    out = [f"| claim of the paper | measure (paired over seeds) | estimate [95% CI] | verdict here |",
-           "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {c} | **{d}** |" for a, b, c, d in rows]
+    adjust([r[2] for r in rows if r[4]])  # Holm over the claims; the no-claim row is described, not tested
+    out = ["| claim of the paper | measure (paired over seeds) | estimate [95% CI] | p | Holm p | verdict here |",
+           "|---|---|---|---|---|---|"]
+    if missing_growth:
+        out.append(f"| {growth_claim} | D_t last / first quarter of the response, {roles['dppo']} | no per-seed D_t "
+                   "profiles (not in the inputs) | – | – | **not tested** |")
+    for claim, measure, c, kind, tested in rows:
+        unit = "steps" if kind == "steps" else ("log" if kind == "ratio" else "pts")
+        word = verdict(c, True, unit) if tested else "described (no claim)"
+        out.append(f"| {claim} | {measure} | {est(c, kind)} | {fmt_p(c.p)} | "
+                   f"{fmt_p(c.p_holm) if tested else '–'} | **{word}** |")
+    return out
+
+
+def write_inputs(path, cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
+                 frac: float, horizons: dict) -> None:
+    """claims.csv: every per-seed input of the claims, so that the tests can be re-run without the runs."""
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["setting", "scale", "method", "measure", "seed", "value"])
+        for scale in scales:
+            for setting in settings:
+                inputs = claim_inputs(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)))
+                for method, measures in inputs.items():
+                    for measure, vals in measures.items():
+                        for seed, v in sorted(vals.items()):
+                            w.writerow([setting, scale, method, measure, seed, f"{v:.9g}"])
+
+
+def read_inputs(out_dir) -> dict[tuple[str, str], dict[str, dict[str, dict[int, float]]]]:
+    """(setting, scale) -> method -> measure -> seed -> value from a report folder: its `claims.csv` when
+    there is one, else the per-seed values of `stability.csv` (which lack DPPO's D_t growth)."""
+    import csv
+    import json
+    from pathlib import Path
+
+    out: dict = {}
+    path = Path(out_dir) / "claims.csv"
+    if path.is_file():
+        for r in csv.DictReader(open(path, newline="")):
+            (out.setdefault((r["setting"], r["scale"]), {}).setdefault(r["method"], {})
+             .setdefault(r["measure"], {}))[int(r["seed"])] = float(r["value"])
+        return out
+    path = Path(out_dir) / "stability.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir}: neither claims.csv nor stability.csv to re-test from")
+    for r in csv.DictReader(open(path, newline="")):
+        if r["benchmark"] in MEASURES:
+            vals = {int(k): float(v) for k, v in json.loads(r["seed_values"] or "{}").items()}
+            out.setdefault((r["setting"], r["scale"]), {}).setdefault(r["method"], {})[r["benchmark"]] = vals
     return out
 
 
@@ -214,19 +284,52 @@ def reject_split(records: list[RunRecord], setting: str, scale: str, method: str
     return float(np.mean(vals["rule/prefix_reject_frac"])), float(np.mean(vals["rule/token_reject_frac"]))
 
 
+SECTION_HEAD = ["## The paper's claims on this grid"]
+EXPLAIN = ("Each claim is one estimate paired by seed, with a 95% bootstrap interval, a two-sided sign-flip "
+           "permutation test and Holm's adjustment over the claims of the table (family-wise 5%): **holds** = "
+           "decided on the paper's side, **does not hold** = decided on the other side, **undecided** = not "
+           "decided, with the difference the grid could have detected (80% power). The estimates were fixed "
+           "before the run, the tests after it, when every verdict rule of the suite became a test "
+           "(`cppo/report/claims.py`).")
+
+
+def retest_summary(text: str, cfg: dict, inputs: dict, note: str) -> str:
+    """A summary.md with its claims section re-made from per-seed inputs (`read_inputs`): the explanation
+    and each (setting, scale) table replaced, `note` added under the explanation; the rest kept."""
+    lines = text.splitlines()
+    try:
+        start = lines.index(SECTION_HEAD[0])
+    except ValueError:
+        raise ValueError("the summary has no claims section to re-test") from None
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    sec = lines[start:end]
+    out = [sec[0], "", EXPLAIN, "", note, ""]
+    i = next((k for k in range(1, len(sec)) if sec[k].startswith("### ")), len(sec))
+    while i < len(sec):
+        line = sec[i]
+        out.append(line)
+        i += 1
+        m = re.match(r"### `(.+)` / scale `(.+)`", line)
+        if not m:
+            continue
+        while i < len(sec) and not sec[i].startswith("|"):
+            out.append(sec[i])
+            i += 1
+        while i < len(sec) and sec[i].startswith("|"):
+            i += 1  # the old table
+        out += claims_table_from(cfg, inputs.get((m.group(1), m.group(2)), {}))
+    return "\n".join(lines[:start] + out + lines[end:]) + ("\n" if text.endswith("\n") else "")
+
+
 def claims_section(cfg: dict, records: list[RunRecord], settings: list[str], scales: list[str], metric: str,
-                   frac: float, horizons: dict[tuple[str, str], Any], n_boot: int = 10_000) -> list[str]:
+                   frac: float, horizons: dict[tuple[str, str], Any]) -> list[str]:
     """The summary's headline section: per (setting, scale), the claims table, then where CPPO masks."""
     roles = claim_methods(cfg)
-    out = ["## The paper's claims on this grid", "",
-           "Each claim is one estimate with a 95% bootstrap interval over seeds (differences are paired by seed); "
-           "**holds** = the interval is on the paper's side, **does not hold** = on the other side, "
-           "**within noise** = it contains no difference. Estimates and verdict rules were fixed before the run "
-           "(`cppo/report/claims.py`).", ""]
+    out = SECTION_HEAD + ["", EXPLAIN, ""]
     any_table = False
     for scale in scales:
         for setting in settings:
-            table = claims_table(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)), n_boot)
+            table = claims_table(cfg, records, setting, scale, metric, frac, horizons.get((setting, scale)))
             if not table:
                 continue
             any_table = True

@@ -1,7 +1,9 @@
 """`cppo report CONFIG [--out results/<profile>]`: table, curves, position profiles and summary.
 
 Reads the profile's MLflow experiment (run folders as fallback), then writes into the output
-folder: `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
+folder: `comparisons.csv` and the verdicts of the declared comparisons (`report.comparisons`: the
+difference, its interval, permutation p, Holm p, detectable difference, split halves; in
+`table.md` and at the head of `summary.md`), `table.md` and `table.csv` (paper layout, mean ± 95% bootstrap CI over seeds, IQM,
 collapsed seeds; with `eval.every`, both the best checkpoint within [0, T_stop] and the final one;
 published numbers beside ours of the same kind when `report.published` is set), `figures/`
 (stability curves and per-position profiles, PNG + SVG), `summary.md`, and `config.yaml` (the
@@ -22,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override a config key (dotted, value parsed as YAML); repeatable")
     parser.add_argument("--no-mlflow", action="store_true", help="read the run folders only")
     parser.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default report.bootstrap)")
+    parser.add_argument("--retest", action="store_true",
+                        help="re-run the claims' tests from the per-seed values in the output folder (claims.csv, "
+                             "else stability.csv) and rewrite the claims tables of its summary.md; needs no runs")
     parser.add_argument("--force", action="store_true",
                         help="write the report even when no run is found (empty tables over the committed ones)")
 
@@ -68,7 +73,8 @@ def main(args) -> int:
     from cppo import tracking
     from cppo.report import plots
     from cppo.report.collect import collect, headline_metric
-    from cppo.report.grid import cells as grid_cells, load_config, reference as grid_reference, settings_of
+    from cppo.report import verdicts
+    from cppo.report.grid import cells as grid_cells, declared, load_config, reference as grid_reference, settings_of
     from cppo.report.host import host_provenance
     from cppo.report.summary import write_summary
     from cppo.report.tables import (CHECKPOINTS, attach_published, cell_stats, horizon, load_published, markdown,
@@ -78,12 +84,15 @@ def main(args) -> int:
         cfg = load_config(args.config, args.sets)
         cells = grid_cells(cfg)
         reference = grid_reference(cfg)
+        decl = declared(cfg)
     except ValueError as err:
         print(f"cppo report: {err}", file=sys.stderr)
         return 2
     profile = cfg["profile"]
     args.results_root = args.results_root or cfg.get("results_dir") or "results"
     tracking.use_results_dir(args.results_root)
+    if args.retest:
+        return _retest(cfg, Path(args.out or f"{args.results_root}/{profile}"))
     # before writing: the committed outputs being replaced are not "changes"
     prov = {**tracking.provenance(), **host_provenance()}
     out = Path(args.out or f"{args.results_root}/{profile}")
@@ -121,6 +130,14 @@ def main(args) -> int:
                       n_boot=rs["bootstrap"], best=True, horizons=horizons) if with_best else []
     stab = stability_stats(records, rs["collapse_metric"], rs["collapse_frac"], n_boot=rs["bootstrap"],
                            horizons=horizons)
+    fams = {}
+    if decl:
+        measures = (decl.primary, *(k for k in ("auc", "time_to_collapse", "final", "score") if k != decl.primary
+                                    and (k != "score" or benchmarks)))
+        fams = verdicts.families(records, decl, scales, collapse_metric=rs["collapse_metric"],
+                                 frac=rs["collapse_frac"], horizons=horizons, benchmarks=benchmarks, metric=metric,
+                                 measures=measures)
+        verdicts.write_csv(fams, out / "comparisons.csv")
     if rs["published"]:
         pub_path = Path(rs["published"])  # relative to the current directory, as the results are
         # the paper reports the best checkpoint in the window: its numbers sit beside ours of the same kind
@@ -132,7 +149,12 @@ def main(args) -> int:
     score_tables = "".join(f"## Score of the {CHECKPOINTS[s[0].checkpoint]}\n\n"
                            f"{markdown(s, benchmarks, metric, methods, scales, settings, pct=pct)}\n"
                            for s in (best, stats) if s)
+    comp_table = ""
+    if decl and fams.get(decl.primary):
+        comp_table = (f"## Declared comparisons ({verdicts.NAMES[decl.primary]}; Holm over {len(fams[decl.primary])})"
+                      "\n\n" + "\n".join(verdicts.markdown_table(fams[decl.primary], decl)) + "\n\n")
     (out / "table.md").write_text(f"# Profile `{profile}`: comparison table\n\n"
+                                  f"{comp_table}"
                                   f"## Stability over training\n\n{stab_table}\n"
                                   f"{score_tables}"
                                   f"Collapsed: seeds whose `{rs['collapse_metric']}` fell below "
@@ -144,6 +166,9 @@ def main(args) -> int:
         shutil.rmtree(fig_dir)  # no stale figures of methods/scales no longer in the grid
     fig_dir.mkdir(parents=True)
     figures = []
+    if fams:
+        figures += [p.name for p in plots.comparison_figure(fams, decl.primary, fig_dir, verdicts.NAMES,
+                                                            verdicts.UNITS) if p.suffix == ".png"]
     for scale in scales:
         if len(settings) > 1:
             figures += [p.name for p in plots.frontier_figure(stab, methods, settings, scale, fig_dir, reference,
@@ -167,10 +192,14 @@ def main(args) -> int:
             wall_s = (max(ends) if ends else time.time()) - started
     claims = []
     if (cfg.get("report") or {}).get("claims"):
-        from cppo.report.claims import claims_section
+        from cppo.report.claims import claims_section, write_inputs
 
         claims = claims_section(cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
-                                horizons, n_boot=rs["bootstrap"])
+                                horizons)
+        write_inputs(out / "claims.csv", cfg, records, settings, scales, rs["collapse_metric"], rs["collapse_frac"],
+                     horizons)
+    if decl:
+        claims = verdicts.section(fams, decl, rs["collapse_metric"]) + claims
     text = write_summary(cfg, records, stats, best=best, metric=metric, benchmarks=benchmarks,
                          collapse_metric=rs["collapse_metric"], collapse_frac=rs["collapse_frac"],
                          methods=methods, scales=scales, settings=settings, wall_s=wall_s,
@@ -181,4 +210,67 @@ def main(args) -> int:
     with open(out / "config.yaml", "w") as fh:
         yaml.safe_dump(cfg, fh, sort_keys=False)
     print(f"cppo report: wrote {out}/table.md, table.csv, summary.md, config.yaml and {len(figures)} figures")
+    return 0
+
+
+def _splice(text: str, heading_prefixes: tuple[str, ...], new: list[str], keep=lambda line: False) -> str:
+    """`text` with the section whose heading starts with one of `heading_prefixes` replaced by `new`
+    (plus the old section's lines for which `keep` is true); unchanged when there is no such section."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading_prefixes)), None)
+    if start is None:
+        return text
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = [line for line in lines[start + 1:end] if keep(line)]
+    body = new + kept + ([""] if kept else [])
+    return "\n".join(lines[:start] + body + lines[end:]) + ("\n" if text.endswith("\n") else "")
+
+
+def _retest(cfg: dict, out) -> int:
+    """`--retest`: the verdict-bearing sections of OUT/summary.md re-made from OUT's per-seed values
+    (claims.csv or stability.csv, table.csv): the claims' tests, the stability and score sections
+    (described, no ranking) and "What it does not show"; the rest of the summary is kept."""
+    import sys
+
+    from cppo import tracking
+    from cppo.report.claims import GROWTH, read_inputs, retest_summary
+    from cppo.report.grid import reference as grid_reference, settings_of
+    from cppo.report.summary import ladder_section, not_shown, score_lines
+    from cppo.report.tables import horizon, read_csv
+
+    summary = out / "summary.md"
+    rs = report_settings(cfg)
+    methods, scales, settings = list(cfg["grid"]["methods"]), list(cfg["grid"]["scales"]), settings_of(cfg)
+    try:
+        inputs = read_inputs(out)
+        text = summary.read_text()
+        growth = any(GROWTH in m for cell in inputs.values() for m in cell.values())
+        commit = tracking.provenance().get("git_commit", "unknown")[:10]
+        src = "claims.csv" if (out / "claims.csv").is_file() else "stability.csv"
+        note = (f"*Re-tested at commit `{commit}` from the per-seed values committed in this folder (`{src}`, "
+                "`table.csv`), without the runs: this section, the stability and score sections and \"What it does "
+                "not show\" are re-made; the rest of this summary is from the original report.*")
+        if not growth:
+            note += (" *The D_t growth claim is not re-tested: its per-seed values (DPPO's position profiles) are "
+                     "not in the committed files.*")
+        if (cfg.get("report") or {}).get("claims"):
+            text = retest_summary(text, cfg, inputs, note)
+        ref = grid_reference(cfg)
+        horizons = {(st, sc): horizon(cfg, st, sc) for st in settings for sc in scales}
+        if (out / "stability.csv").is_file():
+            stab = read_csv(out / "stability.csv")
+            text = _splice(text, ("## The pressure ladder", "## Stability per setting"),
+                           ladder_section(stab, methods, scales, settings, ref, rs["collapse_metric"], horizons))
+        if (out / "table.csv").is_file():
+            final = [c for c in read_csv(out / "table.csv") if c.checkpoint in ("", "final")]
+            metric = next((line.split("`")[1] for line in text.splitlines() if line.startswith("## Final scores")), "")
+            text = _splice(text, ("## Final scores",), [f"## Final scores (`{metric}` of the final checkpoint)", ""]
+                           + score_lines(final, methods, scales, settings, ref),
+                           keep=lambda line: line.startswith("- ") and not line.startswith("- `"))
+        text = _splice(text, ("## What it does not show",), not_shown(cfg, settings, True))
+        summary.write_text(text)
+    except (OSError, ValueError, KeyError) as err:
+        print(f"cppo report --retest: {err}", file=sys.stderr)
+        return 2
+    print(f"cppo report: re-tested the claims and re-made the descriptive sections of {summary}")
     return 0

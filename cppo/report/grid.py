@@ -72,6 +72,7 @@ def cells(cfg: dict) -> list[Cell]:
                     raise ValueError(f"grid.scales: unknown scale {scale!r}; defined: {sorted(scales)}")
                 for seed in grid["seeds"]:
                     out.append(Cell(str(setting), str(method), str(rule), str(scale), int(seed)))
+    declared(cfg)  # a misspelt comparison stops the plan, not the report at the end
     return out
 
 
@@ -81,3 +82,52 @@ def parents(cfg: dict) -> list[tuple[str, str, str, str]]:
     for c in cells(cfg):
         seen[(c.setting, c.method, c.scale, c.rule)] = None
     return list(seen)
+
+
+MEASURES = ("time_to_collapse", "auc", "best", "final", "score")
+"""What a declared comparison can test: the stability measures of a run (from the trainer's periodic
+evaluations of `report.collapse_metric`) or `score`, the final checkpoint's headline metric."""
+
+
+@dataclass(frozen=True)
+class Declared:
+    """`report.comparisons` resolved: focal − each of `against`, on `primary`, at each of `settings`."""
+
+    primary: str
+    focal: str
+    against: tuple[str, ...]
+    settings: tuple[str, ...]
+    paired: bool = False
+    alpha: float = 0.05
+    resamples: int = 9999
+
+
+def declared(cfg: dict) -> Declared | None:
+    """The profile's declared comparisons with their defaults (None when the grid has no focal method).
+
+    Defaults: focal `cppo`, against every other method of the grid, at every setting but the
+    on-policy reference rung, primary measure `auc`, unpaired. Names are checked against the grid.
+    """
+    spec = dict((cfg.get("report") or {}).get("comparisons") or {})
+    methods = [str(m) for m in (cfg.get("grid") or {}).get("methods") or []]
+    focal = str(spec.get("focal", "cppo"))
+    if focal not in methods:
+        if "focal" in spec:
+            raise ValueError(f"report.comparisons.focal: {focal!r} is not one of grid.methods {methods}")
+        return None
+    against = [str(m) for m in spec.get("against") or [m for m in methods if m != focal]]
+    bad = [m for m in against if m not in methods or m == focal]
+    if bad:
+        raise ValueError(f"report.comparisons.against: {bad} must be methods of the grid other than {focal!r}")
+    ref = reference(cfg)
+    compared = [s for s in settings_of(cfg) if not (ref and s == ref[0])]
+    settings = [str(s) for s in spec.get("settings") or compared]
+    bad = [s for s in settings if s not in compared]
+    if bad:
+        raise ValueError(f"report.comparisons.settings: {bad} must be settings of the grid where every method "
+                         f"runs ({compared})")
+    primary = str(spec.get("primary", "auc"))
+    if primary not in MEASURES:
+        raise ValueError(f"report.comparisons.primary: {primary!r} is not one of {list(MEASURES)}")
+    return Declared(primary, focal, tuple(against), tuple(settings), bool(spec.get("paired", False)),
+                    float(spec.get("alpha", 0.05)), int(spec.get("resamples", 9999)))

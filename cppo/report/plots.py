@@ -9,7 +9,9 @@
   bottom rung first), panels = collapse fraction (Wilson 95% interval), restricted mean time to
   collapse, area under the accuracy curve and final accuracy (bootstrap 95% bands over seeds), one
   line per method; the on-policy reference rung, trained with one method, is drawn in black.
-Both are written as PNG (for the HTML report and the README) and SVG (for papers).
+- `comparison_figure`: the declared comparisons (`cppo.report.verdicts`) as a forest plot: per
+  measure, each difference with its 95% interval, coloured when decided, with the split halves.
+All are written as PNG (for the HTML report and the README) and SVG (for papers).
 """
 
 from __future__ import annotations
@@ -194,3 +196,45 @@ def frontier_figure(stab, methods: list[str], settings: list[str], scale: str, o
     fig.suptitle(f"Stability frontier: scale {scale} (mean over seeds with 95% intervals)", fontsize=11)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     return _save(fig, out, f"frontier_scale-{scale}")
+
+
+def comparison_figure(fams: dict, primary: str, out: Path, names: dict[str, str], units: dict[str, str]) -> list[Path]:
+    """The declared comparisons as a forest plot: one panel per measure (the primary one first), one row
+    per comparison, the difference with its 95% bootstrap interval, a line at 0 and the primary verdicts.
+    Descriptive measures are drawn grey: they carry no verdict."""
+    plt = _plt()
+    measures = [primary] + [m for m in fams if m != primary]
+    fams = {m: fams[m] for m in measures if fams.get(m)}
+    if not fams:
+        return []
+    rows = max(len(f) for f in fams.values())
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams) + 1.5, 0.55 * rows + 1.6), sharey=True,
+                             squeeze=False)
+    for ax, (measure, fam) in zip(axes[0], fams.items()):
+        scale = 100.0 if units.get(measure) == "pts" else 1.0
+        for i, c in enumerate(fam):
+            y = len(fam) - 1 - i
+            col = ("tab:green" if c.diff > 0 else "tab:red") if c.decided else (
+                "0.35" if measure == primary else "0.65")
+            if np.isfinite(c.lo) and np.isfinite(c.hi):
+                ax.plot([scale * c.lo, scale * c.hi], [y, y], color=col, lw=2)
+            ax.plot([scale * c.diff], [y], "o", color=col)
+            if measure == primary:
+                a, b = c.halves
+                for h, mk in ((a, "<"), (b, ">")):  # split halves: odd seeds ◁, even seeds ▷
+                    if np.isfinite(h):
+                        ax.plot([scale * h], [y + 0.22], mk, color=col, ms=4, alpha=0.7)
+        ax.axvline(0.0, color="k", lw=0.8)
+        unit = "points" if units.get(measure) == "pts" else units.get(measure, "")
+        title = names.get(measure, measure) + (" (primary)" if measure == primary else " (descriptive)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"difference ({unit})", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    first = next(iter(fams.values()))
+    axes[0][0].set_yticks(range(len(first)))
+    axes[0][0].set_yticklabels([f"{c.focal} − {c.other} ({c.setting}/{c.scale})" for c in reversed(first)],
+                               fontsize=8)
+    fig.suptitle("Declared comparisons: difference of means, 95% bootstrap interval; coloured = decided "
+                 "(Holm); ◁ ▷ = odd / even seeds", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, "comparisons")

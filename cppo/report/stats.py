@@ -186,10 +186,3 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def ci_overlap(a: tuple[float, float, float], b: tuple[float, float, float]) -> bool:
-    """Whether two (mean, lo, hi) intervals overlap (nan bounds count as overlapping: unknown)."""
-    if any(math.isnan(v) for v in (a[1], a[2], b[1], b[2])):
-        return True
-    return not (a[2] < b[1] or b[2] < a[1])

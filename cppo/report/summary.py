@@ -1,8 +1,9 @@
 """summary.md: what the grid shows, in sentences with the numbers, and what it does not show.
 
 The statements are generated from the statistics, not written by hand, so they stay true when the
-grid is re-run: rankings are called clear only when 95% intervals do not overlap, collapse counts
-are given per method, and the mask rates and divergences come from the runs' own diagnostics.
+grid is re-run: a difference between methods is claimed only by a declared comparison (a test of
+the difference, Holm-adjusted: `cppo.report.verdicts`), never from overlapping intervals; collapse
+counts are given per method, and the mask rates and divergences come from the runs' own diagnostics.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import numpy as np
 
 from cppo.report.collect import RunRecord
 from cppo.report.host import host_line
-from cppo.report.stats import bootstrap_ci, ci_overlap
+from cppo.report.stats import bootstrap_ci
 from cppo.report.tables import CellStats
 
 
@@ -46,14 +47,17 @@ def _ci(c: CellStats, steps: bool = False) -> str:
 
 def ladder_section(stab: list[CellStats], methods: list[str], scales: list[str], settings: list[str],
                    reference: tuple[str, str] | None, collapse_metric: str, horizons: dict) -> list[str]:
-    """Sentences per rung × scale: who collapses, who separates on AUC / time to collapse, what is noise."""
+    """Per setting × scale: collapse counts and each method's stability measures, described, not ranked.
+
+    No verdict is drawn here: differences between methods are claimed only by the declared
+    comparisons (`report.comparisons`, the section above), which test the difference itself."""
     idx = {(c.setting, c.method, c.scale, c.benchmark): c for c in stab}
-    out = ["## The pressure ladder: stability per rung", "",
+    out = ["## Stability per setting (descriptive)", "",
            f"Per seed, from the trainer's evaluations of `{collapse_metric}` (every `rl.eval_every` steps): "
            "time to collapse (censored at the horizon; the mean over seeds is the restricted mean), the area "
-           "under the curve divided by the horizon (AUC), and the final value. Two methods are called "
-           "*separated* on a measure only when their 95% bootstrap intervals do not overlap; otherwise the "
-           "order is *within noise*.", ""]
+           "under the curve divided by the horizon (AUC), and the final value; each cell is the mean over seeds "
+           "with its own 95% bootstrap interval. These marginal intervals describe each method alone: whether two "
+           "of them overlap is not a test of their difference, and no ranking is read from them.", ""]
     for scale in scales:
         for setting in settings:
             H = horizons.get((setting, scale))
@@ -70,41 +74,19 @@ def ladder_section(stab: list[CellStats], methods: list[str], scales: list[str],
             if not cells:
                 continue
             col = ", ".join(f"{m} {c.n_collapsed}/{c.n_decided}" for m, c in cells.items())
-            text = f"- `{setting}` / `{scale}` (horizon {H} steps): collapsed seeds {col}."
+            text = f"- `{setting}` / `{scale}` (horizon {H} steps, {max(len(c.values) for c in cells.values())} seeds): " \
+                   f"collapsed seeds {col}."
             for key, name, steps in (("auc", "AUC", False), ("time_to_collapse", "time to collapse", True)):
-                cs = sorted(((m, idx[(setting, m, scale, key)]) for m in cells), key=lambda mc: -mc[1].mean
-                            if math.isfinite(mc[1].mean) else math.inf)
-                order = ", ".join(f"{m} {_ci(c, steps)}" for m, c in cs)
-                seps = [f"{a} > {b}" for i, (a, ca) in enumerate(cs) for b, cb in cs[i + 1:]
-                        if ca.values and cb.values and not ci_overlap((ca.mean, ca.lo, ca.hi), (cb.mean, cb.lo, cb.hi))]
-                text += f" {name}: {order}; " + (f"separated: {', '.join(seps)}." if seps else "all within noise.")
+                order = ", ".join(f"{m} {_ci(idx[(setting, m, scale, key)], steps)}" for m in cells)
+                text += f" {name}: {order}."
             out.append(text)
-    # CPPO against DPPO and GRPO, plainly, per rung
-    pairs = [(a, b) for a in ("cppo",) for b in ("dppo", "grpo") if a in methods and b in methods]
-    for a, b in pairs:
-        verdicts = []
-        for scale in scales:
-            for setting in settings:
-                if reference and setting == reference[0]:
-                    continue
-                ca, cb = idx.get((setting, a, scale, "auc")), idx.get((setting, b, scale, "auc"))
-                ta, tb = idx.get((setting, a, scale, "time_to_collapse")), idx.get((setting, b, scale, "time_to_collapse"))
-                if not (ca and cb and ca.values and cb.values):
-                    continue
-                sep = not ci_overlap((ca.mean, ca.lo, ca.hi), (cb.mean, cb.lo, cb.hi))
-                word = ("higher" if ca.mean > cb.mean else "lower") if sep else "within noise of"
-                verdicts.append(f"`{setting}`/`{scale}`: AUC {_pct(ca.mean)} vs {_pct(cb.mean)} ({word}"
-                                f"{'' if not sep else ' than'} {b}), time to collapse {ta.mean:.0f} vs {tb.mean:.0f} steps, "
-                                f"collapsed {ca.n_collapsed}/{ca.n_decided} vs {cb.n_collapsed}/{cb.n_decided}")
-        if verdicts:
-            out.append(f"- **{a} against {b}**: " + "; ".join(verdicts) + ".")
     out.append("")
     return out
 
 
 def score_lines(stats: list[CellStats], methods: list[str], scales: list[str], settings: list[str],
                 reference: tuple[str, str] | None) -> list[str]:
-    """Per setting × scale: the methods ranked by mean score, which differences are separable, collapses."""
+    """Per setting × scale: each method's mean score with its own interval, and collapses (no ranking)."""
     idx = {(s.setting, s.method, s.scale, s.benchmark): s for s in stats}
     lines = []
     for setting in settings:
@@ -114,23 +96,9 @@ def score_lines(stats: list[CellStats], methods: list[str], scales: list[str], s
             if not cells:
                 lines.append(f"- `{setting}` / scale `{scale}`: no evaluated runs.")
                 continue
-            ranked = sorted(cells, key=lambda c: -c.mean)
-            best = ranked[0]
-            if len(ranked) == 1:
-                what = "the on-policy reference" if reference and setting == reference[0] else "nothing to compare"
-                lines.append(f"- `{setting}` / scale `{scale}`: only {best.method} has evaluated runs "
-                             f"({_pct(best.mean)}, n={len(best.values)}); {what}.")
-                continue
-            order = ", ".join(f"{c.method} {_pct(c.mean)}" for c in ranked)
-            sep = [c.method for c in ranked[1:] if not ci_overlap((best.mean, best.lo, best.hi), (c.mean, c.lo, c.hi))]
-            tied = [c.method for c in ranked[1:] if c.method not in sep]
-            text = f"- `{setting}` / scale `{scale}`: mean score {order}."
-            if tied:
-                text += (f" The top method ({best.method}) is **not separable** from {', '.join(tied)} "
-                         "(overlapping 95% intervals)")
-                text += f"; it is above {', '.join(sep)} with non-overlapping intervals." if sep else "."
-            else:
-                text += f" {best.method} is ahead of every other method with non-overlapping 95% intervals."
+            what = " (the on-policy reference)" if reference and setting == reference[0] else ""
+            text = (f"- `{setting}` / scale `{scale}`{what}: mean score " +
+                    ", ".join(f"{c.method} {_ci(c)} (n={len(c.values)})" for c in cells) + ".")
             col = [f"{c.method} {c.n_collapsed}/{c.n_decided}" for c in cells if c.n_collapsed]
             text += (" Collapsed seeds: " + ", ".join(col) + ".") if col else " No seed collapsed."
             lines.append(text)
@@ -186,6 +154,26 @@ def selection_lines(best: list[CellStats], final: list[CellStats], records: list
                        "final table and the stability measures show it.")
     out.append("")
     return out
+
+
+def not_shown(cfg: dict, settings: list[str], with_stability: bool) -> list[str]:
+    """The summary's "What it does not show" section."""
+    lines = ["## What it does not show", "",
+             f"- {len(cfg['grid']['seeds'])} seeds per cell. An *undecided* comparison is not evidence of equality: "
+             "its *detectable* column says how large a difference the grid could have missed. Differences on "
+             "measures other than the declared primary one are descriptive.",
+             "- These are tiny from-scratch models on a synthetic task, CPU-sized: they test whether the rules "
+             "behave as the paper says under off-policy pressure (stability, masking), not the paper's AIME "
+             "numbers." if cfg.get("task", {}).get("name") == "chain" else
+             "- Scores are single evaluations of one checkpoint per seed (final, or the best in the window).",
+             "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
+             "specifies), so a difference between settings cannot be attributed to either alone."
+             if {"fresh", "stale"} <= set(settings) else None,
+             "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
+             "horizon: a method that never collapses and one that collapses just after the horizon look alike."
+             if with_stability else None,
+             ""]
+    return [line for line in lines if line is not None]
 
 
 def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *, metric: str,
@@ -266,8 +254,8 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
     decided = sum(st.n_decided for st in stats if st.benchmark == "mean")
     n_col = sum(st.n_collapsed for st in stats if st.benchmark == "mean")
     if decided and n_col == 0:
-        lines.append(f"- No run collapsed ({decided} runs judged): this grid does not separate the rules on "
-                     "stability; differences in score are the only comparison it offers.")
+        lines.append(f"- No run collapsed ({decided} runs judged): no stability measure can tell the "
+                     "rules apart in this grid; differences in score are the only comparison it offers.")
     elif decided:
         by_method = defaultdict(lambda: [0, 0])
         for st in stats:
@@ -317,21 +305,7 @@ def write_summary(cfg: dict, records: list[RunRecord], stats: list[CellStats], *
         if math.isfinite(pre) and math.isfinite(tok):
             lines += ["", f"CPPO rejections (all its runs): {pre:.4%} of eligible tokens only by the prefix budget, "
                       f"{tok:.4%} by the position-weighted token test."]
-    lines += ["", "## What it does not show", "",
-              f"- With {len(grid['seeds'])} seeds per cell, differences whose intervals overlap are not evidence of a "
-              "ranking; the percentile bootstrap with so few seeds is itself rough (it under-covers).",
-              "- These are tiny from-scratch models on a synthetic task, CPU-sized: they test whether the rules "
-              "behave as the paper says under off-policy pressure (stability, masking), not the paper's AIME "
-              "numbers." if cfg.get("task", {}).get("name") == "chain" else
-              "- Scores are single evaluations of one checkpoint per seed (final, or the best in the window); no "
-              "test of significance beyond the bootstrap intervals is made.",
-              "- The settings change two things at once (staleness and gradient clipping, as the trainer issue "
-              "specifies), so a difference between settings cannot be attributed to either alone."
-              if {"fresh", "stale"} <= set(settings) else None,
-              "- Time to collapse is known only to the evaluation interval, and a restricted mean cannot exceed the "
-              "horizon: a method that never collapses and one that collapses just after the horizon look alike."
-              if stab else None,
-              ""]
+    lines += [""] + not_shown(cfg, settings, bool(stab))
     if figures:
         lines += ["## Figures", ""] + [f"- [{f}](figures/{f})" for f in figures] + [""]
     return "\n".join(l for l in lines if l is not None)

@@ -279,6 +279,21 @@ def write_csv(stats: list[CellStats], path: Path) -> None:
                         "" if s.published is None else ("collapse" if math.isnan(s.published) else s.published)])
 
 
+def read_csv(path: Path) -> list[CellStats]:
+    """The cells of a `write_csv` file (per-seed values included), for re-making text without the runs."""
+    out = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            vals = {int(k): float(v) for k, v in json.loads(r["seed_values"] or "{}").items()}
+            num = lambda k: float(r[k]) if r.get(k) not in (None, "") else math.nan  # noqa: E731
+            out.append(CellStats(r["setting"], r["method"], r["rule"], r["scale"], r["benchmark"],
+                                 values=list(vals.values()), seeds=list(vals), mean=num("mean"), lo=num("ci95_lo"),
+                                 hi=num("ci95_hi"), iqm=num("iqm"), n_collapsed=int(r["collapsed"] or 0),
+                                 n_decided=int(r["collapse_decided"] or 0), n_runs=int(r["n_runs"] or 0),
+                                 checkpoint=r.get("checkpoint", "")))
+    return out
+
+
 def markdown(stats: list[CellStats], benchmarks: list[str], metric: str, methods: list[str], scales: list[str],
              settings: list[str], pct: bool = True) -> str:
     """Markdown tables: per setting, the headline (mean over benchmarks) and per-benchmark tables, of

@@ -22,7 +22,18 @@ if _cli_files:
     config.clear()
     config.update(copy.deepcopy(dict(workflow.config_settings.overwrite_config)))
 
+# `--config 'set=KEY=VALUE'` (or a YAML list of them): the `cppo --set` overrides, same syntax, for
+# nested keys that Snakemake's own --config cannot type (it passes `grid={seeds: [1]}` as strings).
+#   snakemake --cores 2 --config "set=grid.seeds=[$(seq -s, 101 120)]"
+_sets = config.pop("set", None)
 try:
+    if _sets:
+        from cppo.config import apply_overrides
+
+        _sets = [_sets] if isinstance(_sets, str) else [str(x) for x in _sets]
+        _new = apply_overrides(dict(config), _sets)
+        config.clear()
+        config.update(_new)
     check_config(config)  # cppo/config.schema.yaml, the schema every `cppo` command reads
     if config.get("results_dir", "results") != "results":  # the rules' paths are results/<profile>/...
         raise ConfigError(f"config key results_dir: the pipeline writes under results/, got {config['results_dir']!r}")
