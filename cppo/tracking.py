@@ -51,8 +51,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
 
-# the checkout of the code that runs: git_commit describes it. Nothing else is found from here (the
-# store is the current directory's, see use_results_dir); a non-editable install records "unknown".
+# where the running code lies (an editable install's checkout): git_commit describes that code. Only
+# provenance looks here; the store is the current directory's (use_results_dir).
 _CODE_ROOT = Path(__file__).resolve().parents[1]
 _results_dir: str = "results"  # the default store's folder; see use_results_dir
 RUN_ID_FILE = "mlflow_run_id"
