@@ -98,6 +98,7 @@ def test_aggregation_modes_by_hand():
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), float("inf")], [9.0, 9.0, 9.0]])
     mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])  # row 2: empty
     assert aggregate_loss(loss, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert aggregate_loss(loss, mask, "token-sum").item() == pytest.approx(10)
     assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm", 10).item() == pytest.approx(5 / 10)
@@ -114,7 +115,7 @@ def test_aggregation_modes_by_hand():
         aggregate_loss(loss, mask, "sum")
     with pytest.raises(ValueError):
         aggregate_loss(loss, mask, "seq-mean-token-sum-norm", 0)
-    assert len(AGG_MODES) == 4
+    assert len(AGG_MODES) == 5
 
 
 # ------------------------------------------------------------------ registry
