@@ -241,6 +241,7 @@ def test_position_profile_by_hand():
 
 def test_cli_lists_every_rule(capsys):
     from cppo.cli import main
+    from cppo.rules.registry import builtin_rules
 
     assert main(["rules"]) == 0
     text = capsys.readouterr().out
@@ -252,6 +253,10 @@ def test_cli_lists_every_rule(capsys):
 
     info = json.loads(capsys.readouterr().out)
     assert info["cppo"]["params"]["w_min"]["default"] == 0.8
+    # every built-in rule names its source with an arXiv id, except the control pg_is (no paper of its own)
+    assert main(["rules", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [n for n in builtin_rules() if n != "pg_is" and "arXiv" not in info[n]["paper"]] == []
 
 
 def test_benchmark_script_runs(capsys):
