@@ -235,15 +235,13 @@ GROUP_EVAL = {"benchmarks": ["chain_id"], "n": 2, "temperature": 0.7, "top_p": 0
 
 
 def _eval_files(run_dir: Path) -> dict[str, object]:
-    """A run's evaluation files, comparable across run folders: paths relative to the run, no MLflow
-    ids (each child has its own) and no provenance (it names the process that scored them)."""
-    out = {}
-    for p in sorted((run_dir / "eval").rglob("*.json")):
-        rec = json.loads(p.read_text().replace(str(run_dir), "<run>"))
-        for key in ("mlflow", "provenance"):
-            rec.pop(key, None)
-        out[str(p.relative_to(run_dir))] = rec
-    return out
+    """The comparison benchmarks/pipeline_cost.py makes of two runs' evaluation files (one definition)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_cost", REPO / "benchmarks" / "pipeline_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.eval_files(run_dir)
 
 
 def test_runs_in_one_process_equal_runs_alone(tmp_path, base_ckpt, mlflow_uri, capsys):
