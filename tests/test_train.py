@@ -244,6 +244,7 @@ def _eval_files(run_dir: Path) -> dict[str, object]:
     return mod.eval_files(run_dir)
 
 
+@pytest.mark.slow  # three fresh processes and four short runs: about half a minute unloaded
 def test_runs_in_one_process_equal_runs_alone(tmp_path, base_ckpt, mlflow_uri, capsys):
     """The same seed trained and evaluated the old way (one fresh `cppo train` process, then `cppo eval --run`
     and split_eval.py, as the pipeline's evaluate job does) and after another run in a group (in this test
