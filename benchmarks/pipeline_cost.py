@@ -16,6 +16,9 @@ and its evaluation files equal (paths, MLflow ids and provenance aside); the exi
 Per run: old train = the `cppo train` process; old eval = the three evaluation processes; new = the
 grouped process's own timing of each run's training and evaluation, and its start-up (imports) and
 exit spread evenly over its runs as training time, so that the new totals add up to its wall time.
+Wall times on a shared machine move with its load; the CPU time (user + sys) of the processes, printed
+below the table, moves much less. With one group per way the two ways cannot alternate: give several
+groups (--runs-per-job) so that the order alternates old-new, new-old, ...
 """
 
 from __future__ import annotations
@@ -41,14 +44,28 @@ def cppo() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "cppo.cli"]
 
 
+# CPU seconds (user + sys) of every finished child process so far: less sensitive than wall time to
+# what else the machine runs, which on a shared machine can swamp a difference of a few seconds
+CPU: list[float] = []
+
+
+def children_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run(cmd: list[str], env: dict, log: Path) -> float:
-    """Run one command; its wall time. Output goes to `log`; a failure stops the measurement."""
-    t0 = time.perf_counter()
+    """Run one command; its wall time (its CPU time goes to CPU). Output goes to `log`; a failure stops
+    the measurement."""
+    t0, c0 = time.perf_counter(), children_cpu()
     with open(log, "a") as fh:
         fh.write(f"$ {shlex.join(cmd)}\n")
         fh.flush()
         rc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
+    CPU.append(children_cpu() - c0)
     if rc != 0:
         raise SystemExit(f"pipeline_cost: `{shlex.join(cmd[:4])} ...` failed (exit {rc}); see {log}")
     return wall
@@ -129,10 +146,13 @@ def main() -> int:
     def folder(w, m, k):
         return ways[w] / f"method~{m}" / f"seed~{k}"
 
+    cpu: dict[str, dict] = {"old": {}, "new": {}}  # CPU seconds per run
+
     def old_way(m, seeds):
         times = {}
         for k in seeds:
             d, env, log = folder("old", m, k), envs["old"], ways["old"] / "log.txt"
+            c0 = children_cpu()
             train = run([*cppo(), "train", str(config), "--method", m, "--seed", str(k), "--run-dir", str(d), *common],
                         env, log)
             t0 = time.perf_counter()
@@ -142,6 +162,7 @@ def main() -> int:
                  "--out", str(d / "eval" / "_all.json"), "--no-progress", *track], env, log)
             run([sys.executable, str(SCRIPTS / "split_eval.py"), str(d / "eval" / "_all.json"), str(d / "eval")], env, log)
             times[(m, k)] = (train, time.perf_counter() - t0)
+            cpu["old"][(m, k)] = children_cpu() - c0  # the run_info.py process included
         return times
 
     def new_way(m, seeds):
@@ -153,6 +174,8 @@ def main() -> int:
         lines = {Path(d).name: (float(t), float(e)) for d, t, e in RUN_LINE.findall(log.read_text()[start:])}
         inner = [lines[f"seed~{k}"] for k in seeds]
         share = (wall - sum(t + e for t, e in inner)) / len(seeds)  # start-up, imports, exit
+        for k in seeds:  # the process's CPU time, shared evenly
+            cpu["new"][(m, k)] = CPU[-1] / len(seeds)
         return {(m, k): (t + share, e) for k, (t, e) in zip(seeds, inner)}
 
     k = a.runs_per_job or len(a.seeds)
@@ -183,6 +206,10 @@ def main() -> int:
     saving = ot + oe - nt - ne
     print(f"| **mean per run** | {ot:.1f} | {oe:.1f} | {ot + oe:.1f} | {nt:.1f} | {ne:.1f} | {nt + ne:.1f} | "
           f"{saving:.1f} ({100 * saving / (ot + oe):.0f}%) |")
+    cpu_mean = {w: sum(cpu[w].values()) / len(runs) for w in cpu}
+    print(f"\nCPU time per run (user + sys of the processes; the new way's shared evenly over its runs): "
+          f"old {cpu_mean['old']:.1f} s, new {cpu_mean['new']:.1f} s, saving {cpu_mean['old'] - cpu_mean['new']:.1f} s "
+          f"({100 * (cpu_mean['old'] - cpu_mean['new']) / cpu_mean['old']:.0f}%)")
     print(f"\nmetrics.jsonl byte-identical between the ways: {sum(same_metrics)}/{len(runs)}; "
           f"evaluation files equal: {sum(same_eval)}/{len(runs)}")
     return 0 if all(same_metrics) and all(same_eval) else 1
