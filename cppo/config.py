@@ -291,6 +291,9 @@ class GridConfig:
     """Seeds of the grid."""
     settings: list[str] = field(default_factory=list)
     """Settings of the grid (names under ``settings``)."""
+    runs_per_job: int = 1
+    """Pipeline: seeds of one (setting, method, scale) trained and evaluated in one process (job), k at a
+    time; 1 = one train and one evaluate job per run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other keys of the section, kept as given."""
 
@@ -462,7 +465,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     for sname, s in settings.items():
         _check_keys(s, RLConfig, f"settings.{sname}")
     grid_raw = dict(raw.get("grid") or {})
-    grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings") if k in grid_raw},
+    grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings", "runs_per_job")
+                         if k in grid_raw},
                       extra=grid_raw)
     eval_raw = dict(raw.get("eval") or {})
     evalc = _build(EvalConfig, {k: eval_raw.pop(k) for k in ("benchmarks", "n", "temperature", "top_p", "max_tokens",
@@ -478,6 +482,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     )
     if cfg.backend not in ("builtin", "verl"):
         raise ConfigError(f"backend must be 'builtin' or 'verl', got {cfg.backend!r}")
+    if grid.runs_per_job > 1 and cfg.backend != "builtin":
+        raise ConfigError(f"grid.runs_per_job {grid.runs_per_job}: several runs per job need the builtin "
+                          f"backend (a {cfg.backend} run is a job of its own); set it to 1")
     for name in grid.scales:
         if name not in scales:
             raise ConfigError(f"grid.scales: unknown scale {name!r}; defined: {sorted(scales)}")

@@ -229,6 +229,106 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflo
     assert not same(full / "steps" / "step_4", full / "steps" / "step_8")
 
 
+# --------------------------------------------------------------------------- several runs per process
+GROUP_EVAL = {"benchmarks": ["chain_id"], "n": 2, "temperature": 0.7, "top_p": 0.95, "max_tokens": 12, "limit": 8,
+              "every": 2}
+
+
+def _eval_files(run_dir: Path) -> dict[str, object]:
+    """The comparison benchmarks/pipeline_cost.py makes of two runs' evaluation files (one definition)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_cost", REPO / "benchmarks" / "pipeline_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.eval_files(run_dir)
+
+
+@pytest.mark.slow  # three fresh processes and four short runs: about half a minute unloaded
+def test_runs_in_one_process_equal_runs_alone(tmp_path, base_ckpt, mlflow_uri, capsys):
+    """The same seed trained and evaluated the old way (one fresh `cppo train` process, then `cppo eval --run`
+    and split_eval.py, as the pipeline's evaluate job does) and after another run in a group (in this test
+    process, whose torch threads and random streams earlier tests have used): byte-identical metrics.jsonl,
+    the same evaluation files; each grouped run has its own MLflow child with its evaluations."""
+    from cppo import tracking
+    from cppo.cli import main
+
+    p = write_cfg(tmp_path, eval=GROUP_EVAL)
+    alone = tmp_path / "alone" / "seed~5"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    old_way = [
+        ["-m", "cppo.cli", "train", str(p), "--method", "cppo", "--scale", "xs", "--seed", "5", "--setting", "stale",
+         "--steps", "4", "--run-dir", str(alone), "--init", str(base_ckpt), "--no-progress", "--no-mlflow"],
+        ["-m", "cppo.cli", "eval", "--run", str(alone), "--config", str(p), "--out", str(alone / "eval" / "_all.json"),
+         "--no-progress"],
+        [str(REPO / "workflow" / "scripts" / "split_eval.py"), str(alone / "eval" / "_all.json"), str(alone / "eval")],
+    ]
+    for cmd in old_way:
+        res = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    template = str(tmp_path / "group" / "seed~{seed}")
+    argv = ["train", str(p), "--method", "cppo", "--scale", "xs", "--seed", "7", "5", "--setting", "stale",
+            "--steps", "4", "--run-dir", template, "--init", str(base_ckpt), "--no-progress", "--eval"]
+    torch.set_num_threads(2)  # state a previous run could leave behind: the group must not inherit it
+    torch.manual_seed(123)
+    assert main(argv) == 0
+    grouped = tmp_path / "group" / "seed~5"
+    assert (grouped / "metrics.jsonl").read_bytes() == (alone / "metrics.jsonl").read_bytes()
+    files = _eval_files(grouped)
+    assert sorted(files) == ["eval/_all.json", "eval/chain_id.json", "eval/steps/step_0.json",
+                             "eval/steps/step_2.json", "eval/steps/step_4.json"]
+    assert files == _eval_files(alone)
+    assert (tmp_path / "group" / "seed~7" / "metrics.jsonl").read_text() != (alone / "metrics.jsonl").read_text()
+
+    ids = {s: (tmp_path / "group" / f"seed~{s}" / "mlflow_run_id").read_text().strip() for s in (7, 5)}
+    assert len(set(ids.values())) == 2
+    for s, run_id in ids.items():
+        assert [st for st, _ in tracking.metric_history(run_id, "eval/chain_id/avg_at_2")] == [0, 2, 4]
+        assert [st for st, _ in tracking.metric_history(run_id, "rollout/reward_mean")] == [1, 2, 3, 4]
+        assert tracking.client().get_run(run_id).info.status == "FINISHED"
+        assert json.loads((tmp_path / "group" / f"seed~{s}" / "eval" / "_all.json").read_text())["mlflow"] == \
+            {"run_id": run_id, "step": 4}
+
+    # again: both runs are done and evaluated, so nothing is trained, scored or logged twice
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "group").rglob("*.json")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("evaluation already complete") == 2
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "group").rglob("*.json")} == stamps
+    assert len(tracking.metric_history(ids[5], "eval/chain_id/avg_at_2")) == 3
+
+
+def test_a_failing_run_fails_alone(tmp_path, base_ckpt, capsys):
+    p = write_cfg(tmp_path)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "seed~2").write_text("not a folder")  # this run cannot create its folder
+    from cppo.cli import main
+
+    rc = main(["train", str(p), "--method", "grpo", "--scale", "xs", "--seed", "2", "3", "--steps", "1",
+               "--run-dir", str(tmp_path / "g" / "seed~{seed}"), "--init", str(base_ckpt), "--no-progress",
+               "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 of 2 runs failed" in err and "seed~2 failed: FileExistsError" in err
+    assert (tmp_path / "g" / "seed~3" / "done").is_file()  # the run after it still ran
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--seed", "1", "2", "--run-dir", "{tmp}/run"], "--run-dir {tmp}/run: with several seeds it must hold {seed}"),
+    (["--seed", "1", "1", "--run-dir", "{tmp}/r{seed}"], "--seed: a seed is given twice (1 1)"),
+    (["--seed", "1", "--run-dir", "{tmp}/r{seed}", "--eval", "--set", "eval.benchmarks=[nope]"], "--eval: "),
+])
+def test_bad_group_call_is_one_line_before_any_run(tmp_path, capsys, base_ckpt, argv, match):
+    from cppo.cli import main
+
+    p = write_cfg(tmp_path, eval=GROUP_EVAL)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    rc = main(["train", str(p), "--method", "grpo", "--scale", "xs", "--init", str(base_ckpt), "--no-mlflow", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match.replace("{tmp}", str(tmp_path)) in err and len(err.splitlines()) == 1, err
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
 # clip_cov is left out: it cuts covariance-selected tokens even on-policy (tests/test_rules_contract.py)
 @pytest.mark.parametrize("rule", [r for r in builtin_rules() if r != "clip_cov"])
 def test_first_update_equals_plain_policy_gradient(tmp_path, base_ckpt, rule):
