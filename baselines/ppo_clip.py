@@ -49,7 +49,9 @@ class PPOClipParams:
             raise ValueError(f"ppo_clip: dual_clip must be > 1 or None, got {self.dual_clip}")
 
 
-@register_rule("ppo_clip", PPOClipParams, paper="Schulman et al. 2017 (PPO); GRPO; DAPO clip-higher",
+@register_rule("ppo_clip", PPOClipParams,
+               paper="Schulman et al. 2017 (PPO), arXiv 1707.06347; GRPO, arXiv 2402.03300; "
+                     "DAPO clip-higher, arXiv 2503.14476",
                summary="ratio clipped to [1−ε_low, 1+ε_high] against π_old; optional dual clip")
 def ppo_clip(batch: PolicyBatch, p: PPOClipParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)

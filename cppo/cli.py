@@ -16,7 +16,7 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("cppo.train.sft_cli", "warm-start a model on worked solutions (the scale's base checkpoint)"),
-    "train": ("cppo.train.train_cli", "RL training of one (method, scale, seed) run"),
+    "train": ("cppo.train.train_cli", "RL training of one (method, scale, seed) run, or of several seeds one after the other in one process (--eval: each evaluated there too)"),
     "eval": ("evals.cli", "evaluate a checkpoint, a hub model or every kept checkpoint of a run (--run) on benchmarks (avg@k, pass@k, maj@k)"),
     "mlflow-init": ("cppo.tracking_cli", "create a profile's MLflow experiment and parent runs"),
     "report": ("cppo.report.cli", "tables, stability curves and summary of a profile from MLflow"),

@@ -113,6 +113,33 @@ class SFTConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """verl's ``algorithm.rollout_correction`` (decoupled mode) for the builtin trainer: importance weights
+    and rejection of the rollout policy μ against π_old, applied to each rollout batch before the rule
+    (:mod:`cppo.rules.rollout_correction` has the equations)."""
+
+    rollout_is: str | None = None
+    """IS weights π_old/μ per ``token`` or per ``sequence`` (product over the response); null: none."""
+    rollout_is_threshold: str | float = 2.0
+    """A number U: truncate weights at U (TIS); a string ``"L_U"``: zero weights outside [L, U] (IcePop)."""
+    rollout_is_batch_normalize: bool = False
+    """Divide the weights by their batch mean (over tokens, or over sequences for ``sequence``)."""
+    rollout_rs: str | None = None
+    """Rejection: comma-separated ``token_k1|k2|k3``, ``seq_sum_k*``, ``seq_mean_k*``, ``seq_max_k2|k3``; null: none."""
+    rollout_rs_threshold: str | float | None = None
+    """One bound per ``rollout_rs`` option (or one for all): k2/k3 an upper bound, k1 ``"L_U"`` ratio bounds."""
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the option when a value is invalid (verl's rules)."""
+        from cppo.rules.rollout_correction import parse
+
+        try:
+            parse(**dataclasses.asdict(self))
+        except ValueError as e:
+            raise ConfigError(f"rl.rollout_correction: {e}") from e
+
+
+@dataclass
 class RLConfig:
     prompts_per_rollout: int = 16
     """Prompts per rollout batch."""
@@ -179,6 +206,9 @@ class RLConfig:
     device: str = "cpu"
     """Where model, optimizer state and rollout tensors live: ``cpu``, ``cuda``, ``cuda:N``, or ``auto``
     (cuda when available, else cpu). Not part of a run's identity: a run may resume on another device."""
+    rollout_correction: RolloutCorrectionConfig | None = None
+    """Rollout correction of μ against π_old (IS weights, rejection), orthogonal to the rule; null: off
+    (then it is left out of the resolved config, which stays what it was before the option existed)."""
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` on the first out-of-range value (the message names the key)."""
@@ -214,6 +244,8 @@ class RLConfig:
         _require(self.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
         _require(self.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
         check_device(self.device, "rl.device")
+        if self.rollout_correction is not None:
+            self.rollout_correction.validate()
 
 
 @dataclass
@@ -256,6 +288,9 @@ class GridConfig:
     """Seeds of the grid."""
     settings: list[str] = field(default_factory=list)
     """Settings of the grid (names under ``settings``)."""
+    runs_per_job: int = 1
+    """Pipeline: seeds of one (setting, method, scale) trained and evaluated in one process (job), k at a
+    time; 1 = one train and one evaluate job per run."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Other keys of the section, kept as given."""
 
@@ -314,6 +349,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["rl"].get("rollout_correction", 0) is None:
+            del d["rl"]["rollout_correction"]
         d["eval"] = {**{k: v for k, v in d["eval"].items() if k != "extra"}, **d["eval"]["extra"]}
         return d
 
@@ -448,7 +485,8 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     for sname, s in settings.items():
         _check_keys(s, RLConfig, f"settings.{sname}")
     grid_raw = dict(raw.get("grid") or {})
-    grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings") if k in grid_raw},
+    grid = GridConfig(**{k: grid_raw.pop(k) for k in ("methods", "scales", "seeds", "settings", "runs_per_job")
+                         if k in grid_raw},
                       extra=grid_raw)
     eval_raw = dict(raw.get("eval") or {})
     evalc = _build(EvalConfig, {k: eval_raw.pop(k) for k in ("benchmarks", "n", "temperature", "top_p", "max_tokens",
@@ -464,6 +502,9 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
     )
     if cfg.backend not in ("builtin", "verl"):
         raise ConfigError(f"backend must be 'builtin' or 'verl', got {cfg.backend!r}")
+    if grid.runs_per_job > 1 and cfg.backend != "builtin":
+        raise ConfigError(f"grid.runs_per_job {grid.runs_per_job}: several runs per job need the builtin "
+                          f"backend (a {cfg.backend} run is a job of its own); set it to 1")
     for name in grid.scales:
         if name not in scales:
             raise ConfigError(f"grid.scales: unknown scale {name!r}; defined: {sorted(scales)}")
@@ -593,7 +634,13 @@ def _coerce(v: Any, tp: Any, where: str) -> Any:
         if type(None) in args:
             return None
         raise ConfigError(f"{where}: may not be null")
+    if len([a for a in args if a is not type(None)]) > 1:  # e.g. str | float: the section's validate() checks it
+        return v
     base = next((a for a in args if a is not type(None)), tp) if args and type(None) in args else tp
+    if dataclasses.is_dataclass(base):
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {v!r}")
+        return _build(base, v, where)
     origin = typing.get_origin(base)
     v = _coerce_number(v) if base in (int, float) else v
     if base is float:

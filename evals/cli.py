@@ -163,7 +163,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         if args.run:
-            result = _evaluate_run(args, points, names, settings, backend)
+            result = evaluate_run(args.run, points, names, settings, backend, mlflow_run_id=args.mlflow_run_id,
+                                  progress=not getattr(args, "no_progress", False))
         else:
             result = _evaluate(args.model, names, settings, backend)
             if args.mlflow_run_id:
@@ -229,17 +230,17 @@ def _evaluate_isolated(model: str, names: list[str], settings, backend: str) -> 
         return pool.apply(_evaluate, (model, names, settings, backend))
 
 
-def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names: list[str], settings,
-                  backend: str) -> dict:
+def evaluate_run(run_dir: Path, points: list[tuple[int, str]], names: list[str], settings, backend: str,
+                 mlflow_run_id: str | None = None, progress: bool = True) -> dict:
     """Evaluate each (step, model) of a run; per-step files, MLflow per step; the final's result + `steps`."""
     from tqdm import tqdm
 
-    step_dir = args.run / "eval" / "steps"
-    want = json.loads(json.dumps(settings.record()))  # as a result file holds them, through JSON
+    run_dir = Path(run_dir)
+    step_dir = run_dir / "eval" / "steps"
+    want = _record(settings)
     summary: dict[str, dict] = {}
     result = None
-    bar = tqdm(points, desc=f"cppo eval {args.run}", unit="ckpt", dynamic_ncols=True,
-               disable=getattr(args, "no_progress", False))
+    bar = tqdm(points, desc=f"cppo eval {run_dir}", unit="ckpt", dynamic_ncols=True, disable=not progress)
     for step, model in bar:
         bar.set_postfix(step=step)
         path = step_dir / f"step_{step}.json"
@@ -249,18 +250,85 @@ def _evaluate_run(args: argparse.Namespace, points: list[tuple[int, str]], names
                 else _evaluate(model, names, settings, backend)
             res["step"] = step
             _write(res, path, None)
-        if args.mlflow_run_id:
+        if mlflow_run_id:
             from cppo.tracking import log_eval
 
             for name, r in res["benchmarks"].items():
-                log_eval(args.mlflow_run_id, name, r["metrics"], step)
+                log_eval(mlflow_run_id, name, r["metrics"], step)
         summary[str(step)] = {name: r["metrics"] for name, r in res["benchmarks"].items()}
         result = res
     result = dict(result)
     result["steps"] = summary
-    if args.mlflow_run_id:
-        result["mlflow"] = {"run_id": args.mlflow_run_id, "step": points[-1][0]}
+    if mlflow_run_id:
+        result["mlflow"] = {"run_id": mlflow_run_id, "step": points[-1][0]}
     return result
+
+
+def _record(settings) -> dict:
+    """The settings as a result file holds them (through JSON), for the reuse checks."""
+    return json.loads(json.dumps(settings.record()))
+
+
+def profile_evaluation(raw: dict) -> tuple[list[str], object, str]:
+    """(benchmark names, settings, backend) of `cppo eval --run RUN --config PROFILE` with no other flag:
+    the profile's eval section over the defaults. The pipeline passes exactly the keys the profile sets,
+    so this is also what its evaluate job uses. ValueError / BackendUnavailable on a bad section."""
+    from evals.backends import check_backend
+    from evals.registry import parse_benchmarks
+
+    ev = raw.get("eval") or {}
+    if not ev.get("benchmarks"):
+        raise ValueError("the profile sets no eval.benchmarks: nothing to evaluate")
+    names = [b.name for b in parse_benchmarks(",".join(map(str, ev["benchmarks"])))]
+    settings = settings_from_args(argparse.Namespace(data_dir=None), raw)
+    backend = ev.get("backend") or "hf"
+    check_backend(backend)
+    return names, settings, backend
+
+
+def evaluate_run_folder(run_dir: Path, names: list[str], settings, backend: str, mlflow_run_id: str | None = None,
+                        progress: bool = True) -> Path | None:
+    """What the pipeline's evaluate job does for a finished builtin run, in this process: every kept
+    checkpoint (:func:`evaluate_run`), the final's result with its `steps` summary in
+    ``<run>/eval/_all.json``, split into ``<run>/eval/<benchmark>.json``. A run whose files are already
+    there for these settings is left alone (nothing is scored or logged twice); returns None then, else
+    the combined file."""
+    run_dir = Path(run_dir)
+    combined = run_dir / "eval" / COMBINED_FILE
+    points = run_checkpoints(run_dir)
+    done = _reusable(combined, points[-1][1], names, _record(settings), backend)
+    if done is not None and all((run_dir / "eval" / f"{n}.json").is_file() for n in names) \
+            and sorted(done.get("steps") or {}, key=int) == [str(s) for s, _ in points]:
+        return None
+    result = evaluate_run(run_dir, points, names, settings, backend, mlflow_run_id=mlflow_run_id, progress=progress)
+    _write(result, combined, None)
+    split_by_benchmark(json.loads(combined.read_text(encoding="utf-8")), run_dir / "eval")  # as split_eval.py reads it
+    return combined
+
+
+# the pipeline's name of a run's combined result (the final checkpoint's, every benchmark, plus `steps`)
+COMBINED_FILE = "_all.json"
+
+
+def split_by_benchmark(result: dict, out_dir: Path) -> list[Path]:
+    """One ``<out_dir>/<benchmark>.json`` per benchmark of a result: the shared top-level fields (model,
+    backend, settings, provenance, mlflow, ...) and only that benchmark under `benchmarks`. Why: one
+    evaluation per run is cheaper than one per benchmark, while the run folder keeps one file per
+    benchmark (docs/contracts.md §Runs)."""
+    benches = result.get("benchmarks")
+    if not isinstance(benches, dict) or not benches:
+        raise ValueError("the result has no `benchmarks` mapping")
+    shared = {k: v for k, v in result.items() if k != "benchmarks"}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, res in benches.items():
+        path = out_dir / f"{name}.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({**shared, "benchmarks": {name: res}}, indent=1, ensure_ascii=False))
+        tmp.replace(path)  # atomic, and no torch import (split_eval.py runs this in a job of its own)
+        written.append(path)
+    return written
 
 
 def _reusable(path: Path, model: str, names: list[str], settings: dict, backend: str) -> dict | None:

@@ -161,6 +161,10 @@ def expected_jobs(cfg: dict) -> dict[str, int]:
     runs = len(grid["scales"]) * len(grid["seeds"]) * (len(grid["methods"]) * (len(grid.get("settings") or [None]) - ref) + ref)
     benchmarks = (cfg.get("eval") or {}).get("benchmarks") or []
     jobs = {"mlflow_init": 1, "train": runs, "evaluate": runs if benchmarks else 0, "report": 1}
+    k = grid.get("runs_per_job", 1)
+    if k > 1:  # one job per k seeds of each (setting, method, scale), evaluating in-process
+        chunks = -(-len(grid["seeds"]) // k)
+        jobs.update(train=0, evaluate=0, train_chunk=runs // len(grid["seeds"]) * chunks)
     if cfg.get("backend", "builtin") == "verl":
         verl = cfg.get("verl") or {}
         val = verl["val_sources"] if verl.get("val_sources") is not None else benchmarks
@@ -183,6 +187,85 @@ def test_dry_run_plans_the_full_grid(tmp_path, profile):
     assert {k: v for k, v in counts.items() if k != "total"} == {"all": 1, **want}
     if profile == "config/paper.yaml":
         assert "base" not in counts and counts["prepare_data"] >= 2  # hub models, verl data
+
+
+def _grouped_tiny(tmp_path: Path, seeds: list[int], k: int | None) -> Path:
+    cfg = _load("tiny.yaml")
+    cfg["grid"]["seeds"] = seeds
+    if k is not None:
+        cfg["grid"]["runs_per_job"] = k
+    path = tmp_path / "grouped.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_dry_run_groups_the_seeds_of_each_cell(tmp_path):
+    """grid.runs_per_job 2 with 5 seeds: each (setting, method, scale) trains seeds 1-2, 3-4 and 5 in three
+    jobs of `cppo train --seed ... --eval`; no separate train or evaluate job; the report waits for them."""
+    path = _grouped_tiny(tmp_path, [1, 2, 3, 4, 5], 2)
+    res = _snakemake("-n", "-p", "--configfile", str(path), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    cfg = yaml.safe_load(path.read_text())
+    counts = _job_counts(out)
+    assert {k: v for k, v in counts.items() if k != "total"} == {"all": 1, **expected_jobs(cfg)}
+    cmds = [line for line in out.splitlines() if " train " in line and "--seed" in line]
+    cells = {}
+    for cmd in cmds:
+        assert "--eval" in cmd and "--no-progress" in cmd and "seed~{seed}" in cmd, cmd
+        method = re.search(r"--method (\S+)", cmd).group(1)
+        setting = re.search(r"--setting (\S+)", cmd).group(1)
+        seeds = re.search(r"--seed ([\d ]+) --", cmd).group(1).split()
+        cells.setdefault((setting, method), []).append(seeds)
+    assert len(cells) == 1 + 3 * 4  # the reference rung once, three rungs x four methods
+    assert all(sorted(v) == [["1", "2"], ["3", "4"], ["5"]] for v in cells.values()), cells
+    # each run keeps the train rule's restart stamp (a changed config deletes exactly that run)
+    assert out.count("_logs/train/setting~upd8/method~cppo/scale~s/seed~5.digest") >= 2
+
+
+def test_dry_run_with_one_run_per_job_is_unchanged(tmp_path):
+    """runs_per_job 1, written or not, plans today's jobs with today's commands."""
+    plans = []
+    for k in (None, 1):
+        res = _snakemake("-n", "-p", "--configfile", str(_grouped_tiny(tmp_path, [1, 2], k)), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        plan = (res.stdout + res.stderr).split("Job stats:", 1)[1]  # the jobs, after the run's own header
+        # minus timestamps and the reasons (sets, printed in any order); jobs may come in any order too
+        plans.append(sorted(line for line in plan.splitlines()
+                            if not re.match(r"^\[\w{3} \w{3} +\d+ |\s+reason: ", line)))
+    assert plans[0] == plans[1]
+    assert "train_chunk" not in "\n".join(plans[0]) and "--eval" not in "\n".join(plans[0])
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["grid"].update(runs_per_job=0), r"config key grid\.runs_per_job: 0 is less than the minimum of 1"),
+    (lambda c: c["grid"].update(runs_per_job="2"), r"config key grid\.runs_per_job: '2' is not of type 'integer'"),
+])
+def test_bad_runs_per_job_names_the_key(edit, expected):
+    cfg = _load("tiny.yaml")
+    edit(cfg)
+    with pytest.raises(ConfigError, match=expected):
+        check_config(cfg)
+
+
+def test_runs_per_job_needs_the_builtin_backend(tmp_path):
+    cfg = _load("paper.yaml")
+    cfg["grid"]["runs_per_job"] = 2
+    path = tmp_path / "paper-k2.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = _snakemake("-n", "--configfile", str(path), cwd=tmp_path)
+    assert res.returncode != 0
+    assert "grid.runs_per_job 2: several runs per job need the builtin backend" in res.stdout + res.stderr
+
+
+def test_dry_run_with_the_slurm_profile_submits_a_chunk_as_a_job(tmp_path):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install 'cppo-bench[slurm]')")
+    res = _snakemake("-n", "--profile", str(REPO / "workflow" / "profiles" / "slurm"),
+                     "--configfile", str(_grouped_tiny(tmp_path, [1, 2, 3], 3)), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    assert _job_counts(out)["train_chunk"] == 13 and "evaluate" not in _job_counts(out)
 
 
 def test_dry_run_with_the_slurm_profile(tmp_path):
@@ -267,12 +350,15 @@ eval: {benchmarks: [chain_id, chain_ood], n: 2, temperature: 0.7, top_p: 0.95, m
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
-    """2 methods × 1 scale × 2 seeds, --cores 2 (two runs write to one SQLite store at once)."""
+@pytest.mark.parametrize("runs_per_job", [1, 2])
+def test_reduced_grid_end_to_end(tmp_path, mlflow_uri, runs_per_job):
+    """2 methods × 1 scale × 2 seeds, --cores 2 (two runs write to one SQLite store at once); with
+    runs_per_job 2, each method's two seeds train and evaluate in one job: the same files and MLflow records."""
     from cppo import tracking
 
     cfg = tmp_path / "e2e.yaml"
-    cfg.write_text(E2E_CONFIG)
+    assert E2E_CONFIG.count("settings: [fresh]}") == 1
+    cfg.write_text(E2E_CONFIG.replace("settings: [fresh]}", f"settings: [fresh], runs_per_job: {runs_per_job}}}"))
     res = _snakemake("--cores", "2", "--configfile", str(cfg), "--workflow-profile",
                      str(REPO / "workflow" / "profiles" / "default"), cwd=tmp_path, timeout=380)
     logs = "\n".join(f"--- {p}\n{p.read_text()[-1500:]}" for p in (tmp_path / "results").rglob("*.log"))
@@ -337,7 +423,8 @@ def test_reduced_grid_end_to_end(tmp_path, mlflow_uri):
     md = (out / "table.md").read_text()
     assert re.search(r"^\| grpo \|", md, re.M) and re.search(r"^\| cppo \|", md, re.M)
     figs = sorted(p.name for p in (out / "figures").iterdir() if not p.name.startswith("."))
-    assert figs == ["curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
+    assert figs == ["comparisons.png", "comparisons.svg",  # the declared comparisons (cppo against grpo)
+                    "curves_scale-s_setting-fresh.png", "curves_scale-s_setting-fresh.svg",
                     "position_scale-s_setting-fresh.png", "position_scale-s_setting-fresh.svg"]
     assert all((out / "figures" / f).stat().st_size > 10_000 for f in figs)
     summary = (out / "summary.md").read_text()

@@ -219,3 +219,159 @@ def test_minpro_hard_equals_ppo_clip_when_prefix_min_is_one():
     m = get_rule("minpro", clip="hard", anchor="old")(b1)
     p = get_rule("ppo_clip", eps_low=0.2, eps_high=0.28, anchor="old")(b2)
     assert not torch.allclose(m.loss, p.loss)
+
+
+# ------------------------------------------------------------------ gpg
+def test_gpg_hand_and_blind_to_the_ratio():
+    for ratio in ([[2.0, 0.5, 30.0]], [[1.0, 1.0, 1.0]]):
+        b = mk(ratio, [[1.0, -1.0, 2.0]], old_ratio=ratio)
+        out = get_rule("gpg")(b)
+        close(out.loss, -torch.tensor([[1.0, -1.0, 2.0]], dtype=F64) * b.logp.detach())  # −Â log π
+        close(grad_of(out, b), [[-1.0, 1.0, -2.0]])  # whatever π/μ and π/π_old are
+        assert out.kept.all() and out.metrics["masked_frac"] == 0.0
+
+
+# ------------------------------------------------------------------ dro
+def test_dro_hand():
+    # anchor old, β = 0.5: ℓ = log π − log π_old = [0.4, −0.2, 1.0, 0.6], Â = [1, 1, 0, 0.2]
+    # ∂loss/∂log π = −Â + β ℓ = [−0.8, −1.1, 0.5, 0.1]; past ℓ = Â/β only token 3 (Âℓ > 0, β|ℓ| = 0.3 ≥ 0.2)
+    ell = torch.tensor([[0.4, -0.2, 1.0, 0.6]], dtype=F64)
+    adv = [[1.0, 1.0, 0.0, 0.2]]
+    b = mk([[1.0] * 4], adv, old_ratio=ell.exp().tolist())
+    out = get_rule("dro", beta=0.5)(b)
+    lp = b.logp.detach()
+    close(out.loss, -torch.tensor(adv, dtype=F64) * lp + 0.25 * ell.square())
+    close(grad_of(out, b), [[-0.8, -1.1, 0.5, 0.1]])
+    assert out.kept.all() and out.limited.tolist() == [[False, False, False, True]]
+    assert out.metrics["masked_frac"] == pytest.approx(1 / 3)  # of the 3 tokens with Â ≠ 0
+
+
+def test_dro_small_beta_is_gpg():
+    b1, b2 = random_batch(seed=11, dtype=F64), random_batch(seed=11, dtype=F64)
+    close(grad_of(get_rule("dro", beta=1e-12)(b1), b1), grad_of(get_rule("gpg")(b2), b2))
+
+
+# ------------------------------------------------------------------ sapo
+def test_sapo_hand():
+    # anchor old; τ_pos = 1, τ_neg = 1.05. Token 0: r = 1, Â = 1 → loss −4σ(0) = −2, gradient −1.
+    # Token 1: r = 2, Â = 1 → loss −4σ(1), gradient −r·4σ(1)(1 − σ(1)).
+    # Token 2: r = 0.5, Â = −1 → τ = 1.05: loss (4/1.05)σ(−0.525), gradient r·4σ(1 − σ) at −0.525.
+    def sig(x):
+        return 1 / (1 + math.exp(-x))
+
+    r = [[1.0, 2.0, 0.5]]
+    b = mk(r, [[1.0, 1.0, -1.0]], old_ratio=r)
+    out = get_rule("sapo")(b)
+    s1, s2 = sig(1.0), sig(1.05 * -0.5)
+    close(out.loss, [[-2.0, -4 * s1, 4 / 1.05 * s2]])
+    close(grad_of(out, b), [[-1.0, -2 * 4 * s1 * (1 - s1), 0.5 * 4 * s2 * (1 - s2)]])
+    assert out.kept.all() and out.metrics["masked_frac"] == 0.0  # g = 0.79 and 0.94: neither halved
+    b = mk([[4.0]], [[1.0]], old_ratio=[[4.0]])  # g = 4σ(3)(1 − σ(3)) = 0.18 < ½: limited
+    assert get_rule("sapo")(b).metrics["masked_frac"] == 1.0
+
+
+def test_sapo_small_temperature_is_the_importance_weighted_gradient():
+    # (4/τ)σ(τ(r − 1)) = 2/τ + (r − 1) + O(τ²): its gradient tends to that of −Â r (pg_is, anchor old)
+    b1, b2 = random_batch(seed=12, dtype=F64), random_batch(seed=12, dtype=F64)
+    g_sapo = grad_of(get_rule("sapo", tau_pos=1e-4, tau_neg=1e-4)(b1), b1)
+    g_pg = grad_of(get_rule("pg_is", anchor="old")(b2), b2)
+    torch.testing.assert_close(g_sapo, g_pg, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ geo_mean (GMPO)
+def test_geo_mean_hand():
+    from cppo.rules import aggregate_loss
+
+    # one sequence, Â = 1, ε = 0.2 (log space): ℓ = [0.1, 0.3] → token 1 clipped, ℓ̃ = [0.1, 0.2],
+    # R = e^0.15; seq-mean-token-mean gives −R·(kept/|y|) = −R/2 and gradient [−R/2, 0]
+    ell = torch.tensor([[0.1, 0.3]], dtype=F64)
+    b = mk(ell.exp().tolist(), [[1.0]], old_ratio=ell.exp().tolist())
+    out = get_rule("geo_mean")(b)
+    R = math.exp(0.15)
+    assert out.kept.tolist() == [[True, False]]
+    loss = aggregate_loss(out.loss, b.mask, "seq-mean-token-mean")
+    loss.backward()
+    close(loss, -R / 2)
+    close(b.logp.grad, [[-R / 2, 0.0]])
+    # Â = −1: ℓ = [0.1, 0.3] are both on the free side (the floor is −0.2): R = e^0.2, nothing clipped
+    b = mk(ell.exp().tolist(), [[-1.0]], old_ratio=ell.exp().tolist())
+    out = get_rule("geo_mean")(b)
+    assert out.kept.all()
+    close(aggregate_loss(out.loss, b.mask, "seq-mean-token-mean"), math.exp(0.2))
+
+
+@pytest.mark.parametrize("params", [{}, {"eps_low": 0.05, "eps_high": 0.1, "anchor": "rollout"}])
+def test_geo_mean_equals_its_sequence_loop(params):
+    from baselines.geo_mean import GeoMeanParams, reference_geo_mean
+    from cppo.rules import aggregate_loss
+
+    b = random_batch(B=9, T=13, seed=13, dtype=F64, drift=0.3)
+    out = get_rule("geo_mean", **params)(b)
+    loss = aggregate_loss(out.loss, b.mask, "seq-mean-token-mean")
+    loss.backward()
+    ref_losses, ref_grads = reference_geo_mean(b, GeoMeanParams(**params))
+    rows = [i for i in range(9) if b.mask[i].any()]
+    close(b.logp.grad.masked_fill(~b.mask, 0.0), torch.tensor(ref_grads, dtype=F64) / len(rows))
+    assert (~out.kept & b.mask & (b.advantages != 0)).any()  # the loop's clipping branch was exercised
+    # values agree on rows where nothing was clipped (elsewhere the contract's zero loss on dropped tokens)
+    clean = [i for i in rows if bool(out.kept[i][b.mask[i]].all())]
+    per_row = out.loss.sum(1) / b.mask.sum(1)
+    close(per_row[clean], torch.tensor(ref_losses, dtype=F64)[clean])
+
+
+# ------------------------------------------------------------------ clip_cov
+def test_clip_cov_cuts_a_draw_of_its_candidates():
+    from baselines.clip_cov import ClipCovParams, reference_clip_cov_candidates
+
+    b = random_batch(B=8, T=16, seed=14, dtype=F64)
+    cand = set(reference_clip_cov_candidates(b, ClipCovParams(clip_cov_lb=0.2)))
+    ppo = get_rule("ppo_clip")(b)  # same ε, anchor old
+    assert len(cand) > 3
+    # ratio 1: every candidate is cut
+    out = get_rule("clip_cov", clip_cov_ratio=1.0, clip_cov_lb=0.2)(b)
+    cut = {tuple(x) for x in (ppo.kept & ~out.kept).nonzero().tolist()}
+    assert cut == cand and not (out.kept & ~ppo.kept).any()  # only candidates are cut, beyond PPO's clip
+    # ratio 0.05 of N tokens, seeded: a draw of ⌊0.05 N⌋ candidates, the same for the same seed
+    n = int(b.mask.sum())
+    draws = []
+    for seed in (1, 1, 2):
+        out = get_rule("clip_cov", clip_cov_ratio=0.05, clip_cov_lb=0.2, seed=seed)(b)
+        draws.append({tuple(x) for x in (ppo.kept & ~out.kept).nonzero().tolist()})
+    assert all(len(d) == int(0.05 * n) and d <= cand for d in draws)
+    assert draws[0] == draws[1] and draws[0] != draws[2]
+
+
+def test_clip_cov_with_an_empty_band_is_ppo_clip():
+    b1, b2 = random_batch(seed=15, dtype=F64), random_batch(seed=15, dtype=F64)
+    c = get_rule("clip_cov", clip_cov_lb=1e6, clip_cov_ub=2e6)(b1)
+    p = get_rule("ppo_clip")(b2)
+    assert torch.equal(c.kept, p.kept)
+    close(c.loss, p.loss)
+    close(grad_of(c, b1), grad_of(p, b2))
+
+
+# ------------------------------------------------------------------ kl_cov
+def test_kl_cov_penalises_its_top_covariance_tokens():
+    from baselines.kl_cov import KLCovParams, reference_kl_cov_penalised
+
+    b = random_batch(B=8, T=16, seed=16, dtype=F64)
+    p = KLCovParams(kl_cov_ratio=0.1, ppo_kl_coef=0.5)
+    top = reference_kl_cov_penalised(b, p)
+    n = int(b.mask.sum())
+    assert len(top) == int(0.1 * n) > 1
+    out = get_rule("kl_cov", kl_cov_ratio=0.1, ppo_kl_coef=0.5)(b)
+    assert {tuple(x) for x in out.limited.nonzero().tolist()} == top
+    # gradient: −Â r everywhere, plus k·sign(log r) on the penalised tokens
+    g = grad_of(out, b)
+    ell = (b.logp.detach() - b.old_logp).masked_fill(~b.mask, 0.0)
+    adv = b.advantages.masked_fill(~b.mask, 0.0)
+    expect = -adv * ell.exp() + 0.5 * ell.sign() * out.limited
+    close(g.masked_fill(~b.mask, 0.0), expect.masked_fill(~b.mask, 0.0))
+
+
+def test_kl_cov_without_penalty_is_pg_is_against_pi_old():
+    b1, b2 = random_batch(seed=17, dtype=F64), random_batch(seed=17, dtype=F64)
+    k = get_rule("kl_cov", ppo_kl_coef=0.0)(b1)
+    p = get_rule("pg_is", anchor="old")(b2)
+    close(k.loss, p.loss)
+    close(grad_of(k, b1), grad_of(p, b2))

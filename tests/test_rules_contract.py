@@ -21,7 +21,9 @@ BUILTIN = builtin_rules()  # the registry's list: a new built-in rule is in ever
 
 # defaults, with thresholds loosened where the default would drop (or keep) every random token, so the
 # zero-gradient checks see both kept and dropped tokens
-BASE_PARAMS = {"trm_max": {"delta": 0.3}, "trm_avg": {"delta": 0.09}, "gspo": {"eps_low": 0.05, "eps_high": 0.05}}
+# (clip_cov: every candidate is cut, so its random draw plays no part and batch permutations commute with it)
+BASE_PARAMS = {"trm_max": {"delta": 0.3}, "trm_avg": {"delta": 0.09}, "gspo": {"eps_low": 0.05, "eps_high": 0.05},
+               "clip_cov": {"clip_cov_ratio": 1.0}}
 VARIANTS = [(name, BASE_PARAMS.get(name, {})) for name in BUILTIN] + [
     ("pg_is", {"trunc_cap": 1.5}),
     ("ppo_clip", {"eps_high": 0.28, "dual_clip": 3.0, "anchor": "rollout"}),
@@ -38,9 +40,16 @@ VARIANTS = [(name, BASE_PARAMS.get(name, {})) for name in BUILTIN] + [
     ("cppo", {"horizon": "max", "max_horizon": 40}),
     ("cppo", {"ablation": "no_position_weight"}),
     ("cppo", {"ablation": "no_prefix_budget"}),
+    ("sapo", {"tau_pos": 3.0, "tau_neg": 6.0, "anchor": "rollout"}),
+    ("clip_cov", {"clip_cov_ratio": 1.0, "eps_high": 0.28, "clip_cov_lb": 0.5, "anchor": "rollout"}),
+    ("kl_cov", {"kl_cov_ratio": 0.2, "ppo_kl_coef": 1.0, "anchor": "rollout"}),
+    ("geo_mean", {"eps_low": 0.4, "eps_high": 0.4, "anchor": "rollout"}),
+    ("dro", {"beta": 1.0, "anchor": "rollout"}),
 ]
 IDS = [f"{n}-" + ",".join(f"{k}={v}" for k, v in p.items()) for n, p in VARIANTS]
-ALWAYS_KEEP = {"pg_is", "cispo"}  # rules that never drop a token (minpro soft as well)
+ALWAYS_KEEP = {"pg_is", "cispo", "sapo", "gpg", "kl_cov", "dro"}  # rules that never drop a token (minpro soft as well)
+# clip_cov cuts covariance-selected tokens even on-policy (the covariance of log π and Â is not 0 at π = π_old)
+NOT_PG_ON_POLICY = {"clip_cov"}
 
 
 def _run(name, params, batch):
@@ -159,9 +168,13 @@ def test_on_policy_gives_plain_policy_gradient(name, params):
                      rollout_topk_logp=batch.rollout_topk_logp, policy_topk_logp=batch.rollout_topk_logp.clone(),
                      old_topk_logp=batch.rollout_topk_logp.clone(), token_ids=batch.token_ids)
     out = _run(name, params, on)
-    assert torch.equal(out.kept, batch.mask), "with π = μ = π_old nothing is masked"
-    out.loss.sum().backward()
     adv = torch.where(batch.mask, batch.advantages, 0.0)
+    out.loss.sum().backward()
+    if name in NOT_PG_ON_POLICY:  # the plain policy gradient on every token it did not cut, and some cut
+        assert (batch.mask & ~out.kept).any() and out.metrics["masked_frac"] > 0
+        torch.testing.assert_close(on.logp.grad, torch.where(out.kept, -adv, 0.0), rtol=1e-6, atol=1e-7)
+        return
+    assert torch.equal(out.kept, batch.mask), "with π = μ = π_old nothing is masked"
     torch.testing.assert_close(on.logp.grad, -adv, rtol=1e-6, atol=1e-7)
     assert out.metrics["masked_frac"] == 0.0 and out.metrics["div_max"] == pytest.approx(0.0, abs=1e-6)
     assert out.metrics["ess"] == pytest.approx(1.0) and out.metrics["ratio_max"] == pytest.approx(1.0)

@@ -98,6 +98,7 @@ def test_aggregation_modes_by_hand():
     loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, float("nan"), float("inf")], [9.0, 9.0, 9.0]])
     mask = torch.tensor([[True, True, True], [True, False, False], [False, False, False]])  # row 2: empty
     assert aggregate_loss(loss, mask, "token-mean").item() == pytest.approx(10 / 4)
+    assert aggregate_loss(loss, mask, "token-sum").item() == pytest.approx(10)
     assert aggregate_loss(loss, mask, "seq-mean-token-mean").item() == pytest.approx((2 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum").item() == pytest.approx((6 + 4) / 2)
     assert aggregate_loss(loss, mask, "seq-mean-token-sum-norm", 10).item() == pytest.approx(5 / 10)
@@ -114,7 +115,7 @@ def test_aggregation_modes_by_hand():
         aggregate_loss(loss, mask, "sum")
     with pytest.raises(ValueError):
         aggregate_loss(loss, mask, "seq-mean-token-sum-norm", 0)
-    assert len(AGG_MODES) == 4
+    assert len(AGG_MODES) == 5
 
 
 # ------------------------------------------------------------------ registry
@@ -240,6 +241,7 @@ def test_position_profile_by_hand():
 
 def test_cli_lists_every_rule(capsys):
     from cppo.cli import main
+    from cppo.rules.registry import builtin_rules
 
     assert main(["rules"]) == 0
     text = capsys.readouterr().out
@@ -251,6 +253,10 @@ def test_cli_lists_every_rule(capsys):
 
     info = json.loads(capsys.readouterr().out)
     assert info["cppo"]["params"]["w_min"]["default"] == 0.8
+    # every built-in rule names its source with an arXiv id, except the control pg_is (no paper of its own)
+    assert main(["rules", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [n for n in builtin_rules() if n != "pg_is" and "arXiv" not in info[n]["paper"]] == []
 
 
 def test_benchmark_script_runs(capsys):

@@ -248,7 +248,108 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, base_ckpt, mlflo
     assert same(full / "steps" / "step_4", full / "steps" / "step_8") == (updates[8] == updates[4]), updates
 
 
-@pytest.mark.parametrize("rule", builtin_rules())
+# --------------------------------------------------------------------------- several runs per process
+GROUP_EVAL = {"benchmarks": ["chain_id"], "n": 2, "temperature": 0.7, "top_p": 0.95, "max_tokens": 12, "limit": 8,
+              "every": 2}
+
+
+def _eval_files(run_dir: Path) -> dict[str, object]:
+    """The comparison benchmarks/pipeline_cost.py makes of two runs' evaluation files (one definition)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_cost", REPO / "benchmarks" / "pipeline_cost.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.eval_files(run_dir)
+
+
+@pytest.mark.slow  # three fresh processes and four short runs: about half a minute unloaded
+def test_runs_in_one_process_equal_runs_alone(tmp_path, base_ckpt, mlflow_uri, capsys):
+    """The same seed trained and evaluated the old way (one fresh `cppo train` process, then `cppo eval --run`
+    and split_eval.py, as the pipeline's evaluate job does) and after another run in a group (in this test
+    process, whose torch threads and random streams earlier tests have used): byte-identical metrics.jsonl,
+    the same evaluation files; each grouped run has its own MLflow child with its evaluations."""
+    from cppo import tracking
+    from cppo.cli import main
+
+    p = write_cfg(tmp_path, eval=GROUP_EVAL)
+    alone = tmp_path / "alone" / "seed~5"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    old_way = [
+        ["-m", "cppo.cli", "train", str(p), "--method", "cppo", "--scale", "xs", "--seed", "5", "--setting", "stale",
+         "--steps", "4", "--run-dir", str(alone), "--init", str(base_ckpt), "--no-progress", "--no-mlflow"],
+        ["-m", "cppo.cli", "eval", "--run", str(alone), "--config", str(p), "--out", str(alone / "eval" / "_all.json"),
+         "--no-progress"],
+        [str(REPO / "workflow" / "scripts" / "split_eval.py"), str(alone / "eval" / "_all.json"), str(alone / "eval")],
+    ]
+    for cmd in old_way:
+        res = subprocess.run([sys.executable, *cmd], env=env, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    template = str(tmp_path / "group" / "seed~{seed}")
+    argv = ["train", str(p), "--method", "cppo", "--scale", "xs", "--seed", "7", "5", "--setting", "stale",
+            "--steps", "4", "--run-dir", template, "--init", str(base_ckpt), "--no-progress", "--eval"]
+    torch.set_num_threads(2)  # state a previous run could leave behind: the group must not inherit it
+    torch.manual_seed(123)
+    assert main(argv) == 0
+    grouped = tmp_path / "group" / "seed~5"
+    assert (grouped / "metrics.jsonl").read_bytes() == (alone / "metrics.jsonl").read_bytes()
+    files = _eval_files(grouped)
+    assert sorted(files) == ["eval/_all.json", "eval/chain_id.json", "eval/steps/step_0.json",
+                             "eval/steps/step_2.json", "eval/steps/step_4.json"]
+    assert files == _eval_files(alone)
+    assert (tmp_path / "group" / "seed~7" / "metrics.jsonl").read_text() != (alone / "metrics.jsonl").read_text()
+
+    ids = {s: (tmp_path / "group" / f"seed~{s}" / "mlflow_run_id").read_text().strip() for s in (7, 5)}
+    assert len(set(ids.values())) == 2
+    for s, run_id in ids.items():
+        assert [st for st, _ in tracking.metric_history(run_id, "eval/chain_id/avg_at_2")] == [0, 2, 4]
+        assert [st for st, _ in tracking.metric_history(run_id, "rollout/reward_mean")] == [1, 2, 3, 4]
+        assert tracking.client().get_run(run_id).info.status == "FINISHED"
+        assert json.loads((tmp_path / "group" / f"seed~{s}" / "eval" / "_all.json").read_text())["mlflow"] == \
+            {"run_id": run_id, "step": 4}
+
+    # again: both runs are done and evaluated, so nothing is trained, scored or logged twice
+    stamps = {f: f.stat().st_mtime_ns for f in (tmp_path / "group").rglob("*.json")}
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("evaluation already complete") == 2
+    assert {f: f.stat().st_mtime_ns for f in (tmp_path / "group").rglob("*.json")} == stamps
+    assert len(tracking.metric_history(ids[5], "eval/chain_id/avg_at_2")) == 3
+
+
+def test_a_failing_run_fails_alone(tmp_path, base_ckpt, capsys):
+    p = write_cfg(tmp_path)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "seed~2").write_text("not a folder")  # this run cannot create its folder
+    from cppo.cli import main
+
+    rc = main(["train", str(p), "--method", "grpo", "--scale", "xs", "--seed", "2", "3", "--steps", "1",
+               "--run-dir", str(tmp_path / "g" / "seed~{seed}"), "--init", str(base_ckpt), "--no-progress",
+               "--no-mlflow"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "1 of 2 runs failed" in err and "seed~2 failed: FileExistsError" in err
+    assert (tmp_path / "g" / "seed~3" / "done").is_file()  # the run after it still ran
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--seed", "1", "2", "--run-dir", "{tmp}/run"], "--run-dir {tmp}/run: with several seeds it must hold {seed}"),
+    (["--seed", "1", "1", "--run-dir", "{tmp}/r{seed}"], "--seed: a seed is given twice (1 1)"),
+    (["--seed", "1", "--run-dir", "{tmp}/r{seed}", "--eval", "--set", "eval.benchmarks=[nope]"], "--eval: "),
+])
+def test_bad_group_call_is_one_line_before_any_run(tmp_path, capsys, base_ckpt, argv, match):
+    from cppo.cli import main
+
+    p = write_cfg(tmp_path, eval=GROUP_EVAL)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    rc = main(["train", str(p), "--method", "grpo", "--scale", "xs", "--init", str(base_ckpt), "--no-mlflow", *argv])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match.replace("{tmp}", str(tmp_path)) in err and len(err.splitlines()) == 1, err
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["cfg.yaml"]
+
+
+# clip_cov is left out: it cuts covariance-selected tokens even on-policy (tests/test_rules_contract.py)
+@pytest.mark.parametrize("rule", [r for r in builtin_rules() if r != "clip_cov"])
 def test_first_update_equals_plain_policy_gradient(tmp_path, base_ckpt, rule):
     """One update per rollout, no staleness: μ = π_old = π, so every rule's gradient is −Â ∇log π."""
     from cppo.rules import aggregate_loss
@@ -401,3 +502,53 @@ def test_reference_setting_must_be_on_policy(tmp_path):
     settings = {**CFG["settings"], "onpolicy": {"updates_per_rollout": 1}}
     grid = {**grid, "settings": ["onpolicy", "stale"], "reference": {"setting": "onpolicy", "method": "grpo"}}
     assert load_config(write_cfg(tmp_path, grid=grid, settings=settings)).grid.extra["reference"]["setting"] == "onpolicy"
+
+
+# --------------------------------------------------------------------------- rollout correction
+def test_rollout_correction_in_a_5_step_tiny_train_logs_its_diagnostics(tmp_path, base_ckpt):
+    """config/tiny.yaml, its bf16-rollout setting (μ samples in bfloat16, π_old is float32), the task sized
+    to the unit base, 5 steps with rollout correction on: every step that updated logs the diagnostics,
+    the tight k2 bound rejects some tokens but not all, and TIS at 1 truncates some weights."""
+    from cppo.cli import main
+    from cppo.rules.rollout_correction import CORRECTION_METRICS
+
+    rc = "{rollout_is: token, rollout_is_threshold: 1.0, rollout_rs: 'token_k2,seq_max_k3', rollout_rs_threshold: '2e-5,10'}"
+    args = ["train", str(REPO / "config" / "tiny.yaml"), "--method", "grpo", "--scale", "s", "--seed", "1",
+            "--setting", "onpolicy_bf16", "--steps", "5", "--run-dir", str(tmp_path / "r"), "--init", str(base_ckpt),
+            "--no-progress", "--no-mlflow", "--set", "task.K=4", "--set", "task.ood_K=6",
+            "--set", "rl.max_new_tokens=8", "--set", "rl.eval_n=16", "--set", f"rl.rollout_correction={rc}"]
+    assert main(args) == 0
+    recs = [json.loads(ln) for ln in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    updated = [r for r in recs[1:] if r["rollout/seqs_used"] > 0]
+    assert len(recs) == 6 and updated
+    for r in updated:
+        assert {f"rollout_corr/{k}" for k in CORRECTION_METRICS} <= set(r)
+        assert 0 < r["rollout_corr/rejected_frac"] < 1 and 0 < r["rollout_corr/is_ess"] <= 1
+        assert r["rollout_corr/is_clipped_frac"] > 0
+    cfg = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert cfg["rl"]["rollout_correction"]["rollout_rs"] == "token_k2,seq_max_k3"
+
+
+def test_rollout_correction_weights_multiply_the_per_token_loss(tmp_path, base_ckpt):
+    from cppo.train.rl import Trainer, build_sequences, minibatch_loss, policy_logprobs
+
+    cfg = load_config(write_cfg(tmp_path), ["rl.updates_per_rollout=1", "rl.prompts_per_rollout=8"])
+    run = resolve_run(cfg, "gpg", "xs", 5)  # −Â log π: a loss value far from 0, unlike −Â ρ on-policy
+    tr = Trainer(run, tmp_path / "r", str(base_ckpt), progress=False)
+    rb, rows = tr.rollout()
+    answers = [r["answer"] for r in rows for _ in range(run.rl.samples_per_prompt)]
+    adv, keep = group_advantages(torch.tensor(tr.task.rewards(rb.texts, answers, rb.finished.tolist())), 4)
+    assert keep.any()
+    sb = build_sequences(rb, adv, keep, tr.tok.pad_token_id)
+    with torch.no_grad():
+        old_logp, _, _ = policy_logprobs(tr.model, sb, 1.0, False, False)
+    plain, _, _ = minibatch_loss(tr.rule, tr.model, sb, old_logp, None, run.rl)
+    halved = torch.where(torch.arange(sb.mask.shape[0])[:, None] % 2 == 0, 2.0, 0.0).expand_as(sb.mask)
+    weighted, _, _ = minibatch_loss(tr.rule, tr.model, sb, old_logp, None, run.rl, is_weights=halved)
+    odd_zero, _, _ = minibatch_loss(tr.rule, tr.model, sb, old_logp, None, run.rl,
+                                    is_weights=torch.where(halved > 0, 1.0, 0.0))
+    weighted, odd_zero, plain = (float(x.detach()) for x in (weighted, odd_zero, plain))
+    assert weighted == pytest.approx(2 * odd_zero, rel=1e-6)  # linear in the weights
+    assert abs(weighted - 2 * plain) > 1e-3 * abs(plain)  # and the weights reached the loss
+    with pytest.raises(ConfigError, match="rollout_rs_threshold"):
+        resolve_run(load_config(write_cfg(tmp_path), ["rl.rollout_correction={rollout_rs: token_k3}"]), "grpo", "xs", 1)

@@ -160,6 +160,8 @@ def test_errors_are_clear(cfg):
         _cmd(config_from_dict(no_hub), "cppo", "qwen3_8b_base")
     with pytest.raises(ValueError, match="unknown parameter"):
         _cmd(load_config(FIXTURE, FIXED + ["methods.cppo.deltaa=0.1"]), "cppo", "qwen3_8b_base")
+    with pytest.raises(ValueError, match="rl.rollout_correction is a builtin-trainer option"):
+        _cmd(load_config(FIXTURE, FIXED + ["rl.rollout_correction={rollout_is: token}"]), "cppo", "qwen3_8b_base")
 
 
 def test_binary_divergence_needs_no_note_and_extra_overrides_win(cfg):

@@ -5,7 +5,10 @@ The check runs once per session in a subprocess; each of its checks is one test 
 - discovery: importing verl registers our losses through the `verl.plugins` entry point;
 - ppo_clip/<agg>: our ppo_clip + aggregation == verl's compute_policy_loss_vanilla + agg_loss;
 - dppo/<agg>: our dppo (binary TV, anchor old) == verl's dppo_tv;
-- registry/<rule>: each rule called through verl's registry == the rule called directly.
+- registry/<rule>: each rule called through verl's registry == the rule called directly;
+- verl/<loss>/<agg>: every other policy loss verl 0.9.1 registers (bypass_mode aside: a mode, not a loss)
+  == our rule at verl's settings (issue 20);
+- rollout_corr/<case>: our rollout correction == verl's on the same (π_old, μ), and composed with a loss.
 
 Skipped (with the reason) only when .venv-verl is missing and CI is not set; under CI=true a missing
 environment is a failure, so CI cannot pass without running the parity checks.
@@ -29,9 +32,18 @@ CHECK = REPO / "tests" / "verl_parity" / "check.py"
 
 pytestmark = pytest.mark.verl
 
+# verl's policy losses besides vanilla (ppo_clip/) and dppo_tv (dppo/), each against our rule
+VERL_LOSSES = ("dppo_kl", "gspo", "cispo", "sapo", "gpg", "clip_cov", "kl_cov", "geo_mean", "dro")
+ROLLOUT_CORR = (["is_token_tis", "is_sequence_tis", "is_token_icepop", "is_sequence_icepop", "is_token_tis_normalized",
+                 "is_sequence_tis_normalized"]
+                + [f"rs_{o}" for o in ("token_k1", "token_k2", "token_k3", "seq_sum_k1", "seq_sum_k2", "seq_sum_k3",
+                                       "seq_mean_k1", "seq_mean_k2", "seq_mean_k3", "seq_max_k2", "seq_max_k3")]
+                + ["is_and_rs_chained", "applied"])
 EXPECTED = (["discovery"] + [f"ppo_clip/{a}" for a in AGG_MODES] + [f"dppo/{a}" for a in AGG_MODES]
             + [f"registry/{r}" for r in list_rules()] + ["loss_fn_inputs"]
-            + [f"ppo_loss_path/{a}" for a in AGG_MODES] + [f"data_parallel/{a}" for a in AGG_MODES])
+            + [f"ppo_loss_path/{a}" for a in AGG_MODES] + [f"data_parallel/{a}" for a in AGG_MODES]
+            + [f"verl/{m}/{a}" for m in VERL_LOSSES for a in AGG_MODES]
+            + [f"rollout_corr/{c}" for c in ROLLOUT_CORR])
 
 
 def _in_ci() -> bool:

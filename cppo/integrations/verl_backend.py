@@ -408,6 +408,10 @@ def verl_command(cfg, method: str, scale: str, seed: int, setting: Optional[str]
         notes.append(f"method {method!r}: divergence {div} -> {params['divergence']} (verl records no top-K "
                      "log-probs of the rollout policy)")
         rule = get_rule(run.method.rule, **params)
+    if rl.rollout_correction is not None:  # it compares μ with π_old, which bypass mode makes equal
+        raise ValueError("rl.rollout_correction is a builtin-trainer option: the verl backend runs verl's bypass "
+                         "mode (old_log_prob = the rollout log-prob μ), where μ and π_old coincide; for verl's own "
+                         "decoupled rollout correction pass algorithm.rollout_correction.* in verl.extra_overrides")
     if "anchor" in rule.params and rule.params["anchor"] != "rollout":
         notes.append(f"method {method!r}: anchor {rule.params['anchor']!r} is ignored under verl: with "
                      "bypass mode old_log_prob is the rollout log-prob μ")

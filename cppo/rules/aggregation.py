@@ -4,6 +4,7 @@ Kept apart from the rules on purpose (docs/methods.md §Aggregation): the same a
 used for every rule in a comparison, and it is always recorded in the run's parameters.
 
 - `token-mean`:              Σ_{b,t} ℓ·m / Σ_{b,t} m                      (DAPO)
+- `token-sum`:               Σ_{b,t} ℓ·m                                   (verl's `token-sum`: no normalisation)
 - `seq-mean-token-mean`:     mean_b [ Σ_t ℓ·m / Σ_t m ]                    (original GRPO)
 - `seq-mean-token-sum`:      mean_b [ Σ_t ℓ·m ]
 - `seq-mean-token-sum-norm`: mean_b [ Σ_t ℓ·m ] / C, C a fixed constant    (Dr. GRPO; the CPPO scripts)
@@ -21,7 +22,7 @@ import torch
 
 from cppo.rules.types import Tensor
 
-AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 
 
 def aggregate_loss(loss: Tensor, mask: Tensor, mode: str = "token-mean",
@@ -36,6 +37,8 @@ def aggregate_loss(loss: Tensor, mask: Tensor, mode: str = "token-mean",
     masked = torch.where(mask, loss, zero)  # (B, T); where() so padded nan/inf never leaks
     if mode == "token-mean":
         return masked.sum() / m.sum().clamp_min(1)
+    if mode == "token-sum":
+        return masked.sum()
     seq_sum = masked.sum(dim=1)  # (B,)
     n_tok = m.sum(dim=1)  # (B,)
     n_seq = (n_tok > 0).sum().clamp_min(1)

@@ -36,6 +36,12 @@ _BUILTIN: dict[str, str] = {
     "cispo": "baselines.cispo",
     "gspo": "baselines.gspo",
     "minpro": "baselines.minpro",
+    "sapo": "baselines.sapo",
+    "gpg": "baselines.gpg",
+    "clip_cov": "baselines.clip_cov",
+    "kl_cov": "baselines.kl_cov",
+    "geo_mean": "baselines.geo_mean",
+    "dro": "baselines.dro",
     "cppo": "cppo.rules.cppo",
 }
 

@@ -8,7 +8,10 @@ One rollout step:
      μ samples with a low-precision copy (the bf16-engine / fp32-trainer mismatch of real systems).
   2. Rewards → group advantages Â (std normalisation optional); groups with zero reward variance
      are dropped and counted (the paper skips them).
-  3. π_old = the current weights, evaluated once on the whole batch (no gradient).
+  3. π_old = the current weights, evaluated once on the whole batch (no gradient). With
+     ``rollout_correction`` (verl's names, :mod:`cppo.rules.rollout_correction`), μ is corrected
+     against π_old here, once per rollout batch: rejected tokens leave the mask that the rule and the
+     aggregation see, and IS weights multiply the rule's per-token loss; diagnostics ``rollout_corr/*``.
   4. The kept sequences are shuffled and split into ``updates_per_rollout`` mini-batches; each gets
      one AdamW step on  aggregate(rule(PolicyBatch).loss)  (mini-batch j > 1 is off-policy: π has
      moved j − 1 steps away from π_old and from μ; this is where trust regions act).
@@ -32,6 +35,7 @@ checkpoint boundaries only, so a resumed run never logs a step twice.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import random
@@ -140,8 +144,10 @@ def policy_logprobs(model, sb: SequenceBatch, temperature: float, want_topk: boo
     return logp, topk, ent
 
 
-def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor, old_topk: torch.Tensor | None, rl):
-    """The scalar loss of one mini-batch: aggregate(rule(PolicyBatch).loss). Returns (loss, out, batch)."""
+def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor, old_topk: torch.Tensor | None, rl,
+                   is_weights: torch.Tensor | None = None):
+    """The scalar loss of one mini-batch: aggregate(rule(PolicyBatch).loss), the per-token loss times the
+    rollout-correction weights `is_weights` (B, T) when given. Returns (loss, out, batch)."""
     from cppo.rules import PolicyBatch, aggregate_loss
 
     logp, pol_topk, ent = policy_logprobs(model, mb, rl.temperature, rule.needs_topk, True)  # (B, T)
@@ -151,8 +157,9 @@ def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor, old_t
         old_topk_logp=old_topk, token_ids=mb.response_ids, entropy=ent,
     )
     out = rule(batch)
+    per_token = out.loss if is_weights is None else out.loss * is_weights  # (B, T)
     # norm constant of seq-mean-token-sum-norm: the response length limit (Dr. GRPO)
-    loss = aggregate_loss(out.loss, mb.mask, rl.loss_agg, norm_constant=float(rl.max_new_tokens))
+    loss = aggregate_loss(per_token, mb.mask, rl.loss_agg, norm_constant=float(rl.max_new_tokens))
     return loss, out, batch
 
 
@@ -219,6 +226,11 @@ class Trainer:
         torch.set_num_threads(self.rl.num_threads)
         ckpt.seed_everything(run.seed)
         self.rule = build_rule(run.method)
+        self.correction = None  # rollout correction of μ against π_old (None: off)
+        if self.rl.rollout_correction is not None:
+            from cppo.rules.rollout_correction import parse
+
+            self.correction = parse(**dataclasses.asdict(self.rl.rollout_correction))
         self.task = get_task(run.task, data_dir=run.data_dir)
         self.model, self.tok = load_model(init)
         if getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager"):
@@ -380,10 +392,20 @@ class Trainer:
         need_topk = self.rule.needs_topk
         with torch.no_grad():
             old_logp, old_topk, _ = policy_logprobs(model, sb, rl.temperature, need_topk, False)  # (N, T)
+        m: dict[str, float] = {}
+        is_w = None  # (N, T) rollout-correction weights
+        if self.correction is not None:
+            from cppo.rules.rollout_correction import rollout_correction
+
+            corr = rollout_correction(old_logp, sb.rollout_logp, sb.mask, self.correction)
+            sb = dataclasses.replace(sb, mask=corr.mask, advantages=torch.where(corr.mask, sb.advantages, 0.0))
+            is_w = corr.weights
+            m.update({f"rollout_corr/{k}": v for k, v in corr.metrics.items()})
         sums: dict[str, list[float]] = collections.defaultdict(list)
         for chunk in self.minibatches(sb):
             loss, out, batch = minibatch_loss(self.rule, model, sb.select(chunk), old_logp[chunk],
-                                              None if old_topk is None else old_topk[chunk], rl)
+                                              None if old_topk is None else old_topk[chunk], rl,
+                                              None if is_w is None else is_w[chunk])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), rl.grad_clip if rl.grad_clip else math.inf,
@@ -407,7 +429,6 @@ class Trainer:
             if self.counters["bad_in_a_row"] >= rl.max_bad_steps:
                 self.stopped_reason = f"{rl.max_bad_steps} non-finite updates in a row"
                 break
-        m = {}
         for k, vals in sums.items():
             name = k.split("/", 1)[1]
             m[k] = max(vals) if name in _MAX_METRICS else sum(vals) / len(vals)

@@ -26,6 +26,18 @@ row, finite junk on padding):
   (`verl.workers.utils.losses.ppo_loss`: packed log-probs, TensorDict batch, global batch info) gives the
   direct numbers and carries the rule metrics.
 - data_parallel/<agg>: with verl's global batch info, two ranks' losses average to the whole batch's.
+- verl/<loss>/<agg>: each other loss verl 0.9.1 registers (dppo_kl, gspo, cispo, sapo, gpg, clip_cov,
+  kl_cov, geo_mean, dro; vanilla and dppo_tv are ppo_clip/ and dppo/ above) against our rule with verl's
+  settings (`VERL_LOSSES`), in every aggregation mode: gradients on wide batches where the rule limits
+  tokens; loss values on every batch, or, for the rules whose contract sets the loss of a dropped token
+  to 0 where verl keeps a constant, on an in-band batch. verl's sapo and geo_mean ignore loss_agg_mode
+  (seq-mean-token-mean and a mean over rows): ours runs seq-mean-token-mean against verl's every mode.
+  clip_cov draws its cut tokens at random: torch.manual_seed(s) before verl, `seed=s` for ours.
+- rollout_corr/<case>: cppo.rules.rollout_correction against verl's
+  `compute_rollout_correction_and_rejection_mask` on the same (π_old, μ): the IS weights, the mask after
+  rejection and the diagnostics, for TIS and IcePop at token and sequence level (with and without
+  batch normalisation) and every rejection option; rollout_corr/applied: a verl loss given the corrected
+  mask and weights equals our rule on the corrected batch with the weights on its per-token loss.
 """
 
 from __future__ import annotations
@@ -159,6 +171,11 @@ REGISTRY_PARAMS: dict[str, dict] = {
     "gspo": {"eps_low": 0.05, "eps_high": 0.1},
     "minpro": {"clip": "hard"},
     "cppo": {"divergence": "binary_tv", "delta": 0.2, "delta_b": 0.03, "delta_b_mode": "fixed", "w_min": 0.7},
+    "sapo": {"tau_pos": 2.0, "tau_neg": 3.0},
+    "clip_cov": {"clip_cov_ratio": 0.02, "seed": 3},  # seeded: the two calls must draw the same tokens
+    "kl_cov": {"kl_cov_ratio": 0.05, "ppo_kl_coef": 1.0},
+    "geo_mean": {"eps_low": 0.1, "eps_high": 0.3},
+    "dro": {"beta": 0.5},
 }
 
 
@@ -316,6 +333,185 @@ def check_data_parallel(agg: str) -> dict:
     return {"ok": worst < TOL, "max_diff": worst, "detail": f"mean over 2 ranks vs whole batch: max diff {worst:.2e}"}
 
 
+# verl loss_mode -> (our rule, its parameters, verl actor settings, verl policy_loss settings, our aggregation
+# when verl ignores loss_agg_mode (None: the same mode), loss values compared on every batch (False: on an
+# in-band batch only, where the rule drops nothing: its contract zeroes the loss verl keeps as a constant))
+VERL_LOSSES: dict[str, tuple] = {
+    "dppo_kl": ("dppo", {"divergence": "binary_kl", "anchor": "old", "delta": 0.05, "delta_low": 0.05,
+                         "delta_high": 0.1, "trunc_cap": 20.0},
+                {"clip_ratio": 0.05, "clip_ratio_low": 0.05, "clip_ratio_high": 0.1, "clip_ratio_c": 20.0}, {}, None, True),
+    "gspo": ("gspo", {"eps_low": 3e-4, "eps_high": 4e-4}, {"clip_ratio_low": 3e-4, "clip_ratio_high": 4e-4}, {},
+             None, False),
+    "cispo": ("cispo", {"eps_low": 0.2, "eps_high": 0.28, "anchor": "old"},
+              {"clip_ratio_low": 0.2, "clip_ratio_high": 0.28}, {}, None, True),
+    "sapo": ("sapo", {"tau_pos": 1.0, "tau_neg": 1.05}, {"tau_pos": 1.0, "tau_neg": 1.05}, {}, "seq-mean-token-mean",
+             False),
+    "gpg": ("gpg", {}, {}, {}, None, True),
+    "clip_cov": ("clip_cov", {"clip_cov_ratio": 0.02, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0, "seed": 7},
+                 {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2},
+                 {"clip_cov_ratio": 0.02, "clip_cov_lb": 1.0, "clip_cov_ub": 5.0}, None, False),
+    "kl_cov": ("kl_cov", {"kl_cov_ratio": 0.02, "ppo_kl_coef": 0.1}, {}, {"kl_cov_ratio": 0.02, "ppo_kl_coef": 0.1},
+               None, True),
+    "geo_mean": ("geo_mean", {"eps_low": 0.2, "eps_high": 0.2}, {"clip_ratio_low": 0.2, "clip_ratio_high": 0.2}, {},
+                 "seq-mean-token-mean", False),
+    # β = 1 (the rule's default is 0.05) so that tokens past the penalty's stopping point ℓ = Â/β occur
+    "dro": ("dro", {"beta": 1.0}, {}, {"dro_beta": 1.0}, None, True),
+}
+
+
+def check_verl_loss(job: tuple[str, str]) -> dict:
+    from verl.workers.config import PolicyLossConfig
+
+    from cppo.rules import get_rule
+
+    mode, agg = job
+    rule_name, params, actor_kw, loss_kw, our_agg, all_values = VERL_LOSSES[mode]
+    rule = get_rule(rule_name, **params)
+    cfg = actor_config(PolicyLossConfig(loss_mode=mode, **loss_kw), **actor_kw)
+    seed = params.get("seed")
+
+    def both(old, logp, adv, mask):
+        if seed is not None:
+            torch.manual_seed(seed)  # verl's draw uses the global generator; ours a private one seeded alike
+        lv = verl_loss(mode, cfg, old, logp, adv, mask, agg)
+        return lv, our_loss(rule, old, logp, adv, mask, our_agg or agg)
+
+    d_grad, d_val, n_limited = 0.0, 0.0, 0
+    for i, spread in enumerate((0.3, 1.0, 0.6)):  # wide batches: the rule limits tokens
+        old, logp, adv, mask = make_inputs(70 + i, spread)
+        (l_v, g_v, _), (l_o, g_o, out) = both(old, logp, adv, mask)
+        d_grad = max(d_grad, diff(g_v, g_o))
+        if all_values:
+            d_val = max(d_val, diff(l_v, l_o))
+        limited = out.limited if out.limited is not None else mask & ~out.kept
+        n_limited += int((mask & (adv != 0) & (limited | ~out.kept)).sum())
+    old, logp, adv, mask = make_inputs(73, 3e-5)  # in band: no ratio leaves any clip range
+    (l_v, g_v, _), (l_o, g_o, out) = both(old, logp, adv, mask)
+    d_val, d_grad = max(d_val, diff(l_v, l_o)), max(d_grad, diff(g_v, g_o))
+    ok = d_grad < TOL and d_val < TOL and (n_limited > 0 or rule_name == "gpg")
+    ours = f"{rule_name}({', '.join(f'{k}={v}' for k, v in params.items())}), {our_agg or agg}"
+    return {"ok": ok, "max_diff": max(d_grad, d_val),
+            "detail": f"verl {mode} vs {ours}: grad diff {d_grad:.2e}, value diff {d_val:.2e} "
+                      f"({'every batch' if all_values else 'in-band batch'}); limited tokens exercised {n_limited}"}
+
+
+# rollout-correction settings (verl's option names) checked against verl; thresholds chosen so that each
+# option rejects some tokens but not all on the test inputs (log π_old − log μ ~ N(0, 0.3²) per token)
+ROLLOUT_CORR_CASES: dict[str, dict] = {
+    "is_token_tis": {"rollout_is": "token", "rollout_is_threshold": 1.5},
+    "is_sequence_tis": {"rollout_is": "sequence", "rollout_is_threshold": 3.0},
+    "is_token_icepop": {"rollout_is": "token", "rollout_is_threshold": "0.7_1.4"},
+    "is_sequence_icepop": {"rollout_is": "sequence", "rollout_is_threshold": "0.3_3.0"},
+    "is_token_tis_normalized": {"rollout_is": "token", "rollout_is_threshold": 1.5, "rollout_is_batch_normalize": True},
+    "is_sequence_tis_normalized": {"rollout_is": "sequence", "rollout_is_threshold": 3.0,
+                                   "rollout_is_batch_normalize": True},
+    "rs_token_k1": {"rollout_rs": "token_k1", "rollout_rs_threshold": "0.7_1.6"},
+    "rs_token_k2": {"rollout_rs": "token_k2", "rollout_rs_threshold": 0.05},
+    "rs_token_k3": {"rollout_rs": "token_k3", "rollout_rs_threshold": 0.05},
+    "rs_seq_sum_k1": {"rollout_rs": "seq_sum_k1", "rollout_rs_threshold": "0.5_3.0"},
+    "rs_seq_sum_k2": {"rollout_rs": "seq_sum_k2", "rollout_rs_threshold": 0.4},
+    "rs_seq_sum_k3": {"rollout_rs": "seq_sum_k3", "rollout_rs_threshold": 0.4},
+    "rs_seq_mean_k1": {"rollout_rs": "seq_mean_k1", "rollout_rs_threshold": "0.9_1.2"},
+    "rs_seq_mean_k2": {"rollout_rs": "seq_mean_k2", "rollout_rs_threshold": 0.04},
+    "rs_seq_mean_k3": {"rollout_rs": "seq_mean_k3", "rollout_rs_threshold": 0.04},
+    "rs_seq_max_k2": {"rollout_rs": "seq_max_k2", "rollout_rs_threshold": 0.15},
+    "rs_seq_max_k3": {"rollout_rs": "seq_max_k3", "rollout_rs_threshold": 0.15},
+    "is_and_rs_chained": {"rollout_is": "sequence", "rollout_is_threshold": "0.3_3.0",
+                          "rollout_rs": "token_k3,seq_mean_k2", "rollout_rs_threshold": "0.2,0.06"},
+}
+# verl's masked means add 1e-8 to their denominators: the ESS and batch-normalised weights agree to ~1e-8
+# (relative), everything else to rounding (TOL)
+TOL_METRIC = 1e-7
+
+
+def _rollout_inputs(seed: int):
+    """(π_old, μ, mask) with log π_old − log μ ~ N(0, 0.3²) per token, no empty row."""
+    mu, old, _, mask = make_inputs(seed, 0.3)
+    return old, mu, mask
+
+
+def _verl_correction(old, mu, mask, opts: dict):
+    from verl.trainer.ppo.rollout_corr_helper import compute_rollout_correction_and_rejection_mask
+
+    kw = {"rollout_is": None, **opts}
+    proto, new_mask, metrics = compute_rollout_correction_and_rejection_mask(
+        old_log_prob=old, rollout_log_prob=mu, response_mask=mask.to(old.dtype), **kw)
+    w = None if proto is None else proto.batch["rollout_is_weights"]
+    return w, new_mask > 0.5, {k.removeprefix("rollout_corr/"): v for k, v in metrics.items()}
+
+
+def check_rollout_correction(case: str) -> dict:
+    from cppo.rules.rollout_correction import parse, rollout_correction
+
+    opts = ROLLOUT_CORR_CASES[case]
+    d_w, d_m, same_mask, n_rej, n_clip, n_tok, compared = 0.0, 0.0, True, 0, 0.0, 0, set()
+    for seed in (80, 81):
+        old, mu, mask = _rollout_inputs(seed)
+        w_v, mask_v, m_v = _verl_correction(old, mu, mask, opts)
+        out = rollout_correction(old, mu, mask, parse(**opts))
+        same_mask &= bool(torch.equal(out.mask, mask_v))
+        if (w_v is None) != (out.weights is None):
+            return {"ok": False, "max_diff": None, "detail": "IS weights present in one implementation only"}
+        if w_v is not None:
+            d_w = max(d_w, diff(w_v, out.weights))
+        pairs = {"rejected_frac": "rollout_rs_masked_fraction", "rejected_seq_frac": "rollout_rs_seq_masked_fraction",
+                 "is_mean": "rollout_is_mean", "is_ess": "rollout_is_eff_sample_size"}
+        if "_" in str(opts.get("rollout_is_threshold", "")):
+            pairs["is_clipped_frac"] = "rollout_is_oob_ratio"
+        elif opts.get("rollout_is") == "token":
+            pairs["is_clipped_frac"] = "rollout_is_ratio_fraction_high"
+        for ours, theirs in pairs.items():
+            if theirs in m_v:
+                d_m = max(d_m, abs(out.metrics[ours] - m_v[theirs]))
+                compared.add(ours)
+        n_rej += int((mask & ~out.mask).sum())
+        n_tok += int(mask.sum())
+        n_clip += out.metrics["is_clipped_frac"]
+    exercised = (0 < n_rej < n_tok) if "rollout_rs" in opts else n_clip > 0
+    ok = same_mask and d_w < (TOL_METRIC if opts.get("rollout_is_batch_normalize") else TOL) and d_m < TOL_METRIC \
+        and exercised
+    return {"ok": ok, "max_diff": max(d_w, d_m),
+            "detail": f"{opts}: weights diff {d_w:.2e}, same mask {same_mask}, metrics {sorted(compared)} diff "
+                      f"{d_m:.2e}; rejected {n_rej}/{n_tok} tokens, clipped-weight fraction {n_clip / 2:.3f}"}
+
+
+def check_rollout_correction_applied(_: str) -> dict:
+    """The trainer's composition: rejection shrinks the mask the rule and the aggregation see, the weights
+    multiply the rule's per-token loss. verl's dppo_tv given the corrected mask and `rollout_is_weights`
+    == our dppo (binary TV, anchor old) on the corrected batch, loss times the weights, in every mode."""
+    from verl.trainer.ppo.core_algos import get_policy_loss_fn
+    from verl.workers.config import PolicyLossConfig
+
+    from cppo.rules import PolicyBatch, aggregate_loss, get_rule
+    from cppo.rules.rollout_correction import parse, rollout_correction
+
+    opts = ROLLOUT_CORR_CASES["is_and_rs_chained"]
+    rule = get_rule("dppo", divergence="binary_tv", anchor="old", delta=0.15, trunc_cap=20.0)
+    cfg = actor_config(PolicyLossConfig(loss_mode="dppo_tv"), clip_ratio=0.15, clip_ratio_low=0.15,
+                       clip_ratio_high=0.15, clip_ratio_c=20.0)
+    old, mu, mask = _rollout_inputs(82)
+    _, logp, adv, _ = make_inputs(82, 0.3)
+    logp = (old + 0.2 * torch.randn(old.shape, generator=torch.Generator().manual_seed(83), dtype=old.dtype)).clamp(max=-1e-6)
+    w_v, mask_v, _ = _verl_correction(old, mu, mask, opts)
+    corr = rollout_correction(old, mu, mask, parse(**opts))
+    worst = 0.0
+    for agg in AGG_MODES:
+        lp = logp.clone().requires_grad_(True)
+        l_v, _ = get_policy_loss_fn("dppo_tv")(old_log_prob=old, log_prob=lp, advantages=adv,
+                                                response_mask=mask_v.to(old.dtype), loss_agg_mode=agg, config=cfg,
+                                                rollout_is_weights=w_v)
+        l_v.backward()
+        lo = logp.clone().requires_grad_(True)
+        out = rule(PolicyBatch(logp=lo, old_logp=old, rollout_logp=old, advantages=adv, mask=corr.mask))
+        l_o = aggregate_loss(out.loss * corr.weights, corr.mask, agg)
+        l_o.backward()
+        worst = max(worst, diff(l_v, l_o), diff(lp.grad, lo.grad))
+    n_rej = int((mask & ~corr.mask).sum())
+    return {"ok": worst < TOL and n_rej > 0, "max_diff": worst,
+            "detail": f"dppo_tv with verl's corrected mask and weights vs ours ({opts}), every mode: max diff "
+                      f"{worst:.2e}; rejected tokens {n_rej}"}
+
+
 def run_all() -> dict:
     import verl
     import verl.trainer.ppo.core_algos as core_algos
@@ -337,6 +533,9 @@ def run_all() -> dict:
     jobs += [("loss_fn_inputs", check_loss_fn_inputs, "")]
     jobs += [(f"ppo_loss_path/{a}", check_ppo_loss_path, a) for a in AGG_MODES]
     jobs += [(f"data_parallel/{a}", check_data_parallel, a) for a in AGG_MODES]
+    jobs += [(f"verl/{m}/{a}", check_verl_loss, (m, a)) for m in VERL_LOSSES for a in AGG_MODES]
+    jobs += [(f"rollout_corr/{c}", check_rollout_correction, c) for c in ROLLOUT_CORR_CASES]
+    jobs += [("rollout_corr/applied", check_rollout_correction_applied, "")]
     for name, fn, arg in jobs:
         try:
             checks[name] = fn(arg)

@@ -10,6 +10,7 @@ import time
 import yaml
 from snakemake.exceptions import WorkflowError
 
+from cppo.config import config_from_dict as _typed_config  # noqa: E402
 from cppo.report.grid import cells as _grid_cells  # noqa: E402
 from cppo.schema import ConfigError, check_config  # noqa: E402  (the check every `cppo` command runs too)
 
@@ -38,6 +39,8 @@ try:
     if config.get("results_dir", "results") != "results":  # the rules' paths are results/<profile>/...
         raise ConfigError(f"config key results_dir: the pipeline writes under results/, got {config['results_dir']!r}")
     CELLS = _grid_cells(config)
+    # seeds trained (and evaluated) per job; > 1 needs the builtin backend (checked there)
+    RUNS_PER_JOB = _typed_config(copy.deepcopy(dict(config))).grid.runs_per_job
 except (ConfigError, ValueError) as err:
     raise WorkflowError(f"invalid config: {err}")
 
@@ -86,6 +89,7 @@ wildcard_constraints:
     method=r"[^/~]+",
     scale=r"[^/~]+",
     seed=r"\d+",
+    seeds=r"\d+(-\d+)*",
     benchmark=r"[^/~]+",
 
 

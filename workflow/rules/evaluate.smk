@@ -3,6 +3,8 @@
 # with `eval.every`, <run>/steps/step_<n> (step 0 included; for a hub model without a kept step 0, the
 # hub model itself), and always <run>/final. Per step: <run>/eval/steps/step_<n>.json and MLflow
 # eval/<benchmark>/<metric> at step n; the final's result is then split into <run>/eval/<benchmark>.json.
+# With grid.runs_per_job > 1 this rule is not used: the train_chunk jobs (train.smk) do the same in the
+# process that trained the runs (`cppo train --eval`).
 
 
 # Profile key -> `cppo eval` flag. Only the keys the profile sets are passed: a key it leaves out

@@ -2,6 +2,8 @@
 
 
 def report_inputs(wildcards):
+    if RUNS_PER_JOB > 1:  # grouped runs: each job's marker stands for its runs' done and eval files
+        return chunk_markers()
     runs = [run_path(c) for c in CELLS]
     return [f"{r}/done" for r in runs] + [f"{r}/eval/{b}.json" for r in runs for b in benchmarks()]
 

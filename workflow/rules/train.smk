@@ -98,3 +98,81 @@ rule train:
         export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}
         ( {params.cmd} ) > {log:q} 2>&1
         """
+
+
+# --- several runs per job: grid.runs_per_job k > 1 (builtin backend) -------------------------------
+# The seeds of one (setting, method, scale) are trained k at a time, one after the other, by one
+# `cppo train --seed K ... --eval` process, which also scores each finished run as the evaluate rule
+# would (the same files, the same MLflow child): the imports are paid once per job, not twice per run.
+# A rule's outputs cannot depend on its wildcards' values, so the job's output is a marker naming its
+# seeds, and the report waits for the markers. Each run keeps its own restart stamp and digest (the
+# train rule's), so a changed config restarts exactly the runs it changes, whatever k is.
+CHUNK = RESULTS + "/runs/_chunks/setting~{setting}/method~{method}/scale~{scale}/seeds~{seeds}.done"
+
+
+def chunk_markers():
+    """Every grouped job's marker: each cell's seeds in grid order, RUNS_PER_JOB per job."""
+    seeds_of = {}
+    for c in CELLS:
+        seeds_of.setdefault((c.setting, c.method, c.scale), []).append(c.seed)
+    k = RUNS_PER_JOB
+    return [CHUNK.format(setting=setting, method=method, scale=scale, seeds="-".join(map(str, seeds[i:i + k])))
+            for (setting, method, scale), seeds in seeds_of.items() for i in range(0, len(seeds), k)]
+
+
+def chunk_runs(wc):
+    """The runs of one grouped job, as the train rule's wildcards."""
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(setting=wc.setting, method=wc.method, scale=wc.scale, seed=seed)
+            for seed in wc.seeds.split("-")]
+
+
+def chunk_restart(wc):
+    """Shell lines: the train rule's digest check for each run of the job (a changed config deletes the run)."""
+    q = shlex.quote
+    lines = []
+    for r in chunk_runs(wc):
+        run_dir, stamp = RUN.format(**vars(r)), RUN_LOG.replace("{kind}", "train").format(**vars(r)) + ".digest"
+        d = run_digest(r)
+        lines.append(f'if [ -f {q(stamp)} ] && [ "$(cat {q(stamp)})" != "{d}" ]; then '
+                     f'echo "config changed since the last attempt: restarting {run_dir}" >&2; rm -rf {q(run_dir)}; fi; '
+                     f'mkdir -p "$(dirname {q(stamp)})" && echo {d} > {q(stamp)}')
+    return "\n".join(lines)
+
+
+def chunk_command(wc):
+    q = shlex.quote
+    setting = "" if wc.setting == "default" else f" --setting {wc.setting}"
+    template = RUN.format(setting=wc.setting, method=wc.method, scale=wc.scale, seed="{seed}")
+    init = "" if is_hub(wc.scale) else f" --init {q(base_dir(wc.scale))}"
+    evaluate = " --eval" if benchmarks() else ""  # no benchmarks: no evaluate jobs at k = 1 either
+    return (f"{CPPO} train {q(CONFIG)} --method {wc.method} --scale {wc.scale} --seed {' '.join(wc.seeds.split('-'))}"
+            f"{setting} --run-dir {q(template)}{init}{evaluate} --no-progress")
+
+
+rule train_chunk:
+    """Train, then evaluate, the runs of one (setting, method, scale) and a few seeds in one process;
+    each run resumes or is skipped on its own `done` marker, so a retried job redoes only what is missing."""
+    input:
+        unpack(train_inputs),
+    output:
+        CHUNK,
+    log:
+        RESULTS + "/runs/_logs/chunk/setting~{setting}/method~{method}/scale~{scale}/seeds~{seeds}.log",
+    params:
+        restart=chunk_restart,
+        # the runs' digests and the evaluation settings: either change re-runs the job
+        digest=lambda wc: digest([run_digest(r) for r in chunk_runs(wc)], config.get("eval")),
+        cmd=chunk_command,
+        runs=lambda wc: " ".join(shlex.quote(RUN.format(**vars(r))) for r in chunk_runs(wc)),
+    threads: 1
+    resources:
+        gpu=0,
+    shell:
+        """
+        {params.restart}
+        export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}
+        ( {params.cmd} ) > {log:q} 2>&1
+        printf '%s\\n' {params.runs} > {output:q}
+        """

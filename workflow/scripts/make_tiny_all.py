@@ -15,7 +15,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 HEADER = """\
-# tiny-all: every method of the paper's Table 1 that exists here, plus the CPPO ablations, 5 seeds.
+# tiny-all: every method of the paper's Table 1 that exists here, the CPPO ablations and verl's other
+# policy losses, 5 seeds.
 # GENERATED from config/tiny.yaml by workflow/scripts/make_tiny_all.py: the same task, models, SFT,
 # RL regime, settings, eval and report; only the methods and the grid differ (edit tiny.yaml, re-run).
 # {count}, so use more cores:
@@ -40,10 +41,18 @@ methods:                     # Table 1 methods with the papers' defaults (as in 
   cppo_kl:         {rule: cppo, delta: 0.1, delta_b: 0.002, w_min: 0.8, divergence: binary_kl, trunc_cap: 20}   # KL instead of TV
   cppo_soft:       {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: 20, mask_mode: soft}
   cppo_no_cap:     {rule: cppo, delta: 0.15, delta_b: 0.02, w_min: 0.8, divergence: binary_tv, trunc_cap: null}  # C = inf
+  # verl 0.9.1's other policy losses at verl's defaults (as in tiny.yaml)
+  sapo:     {rule: sapo, tau_pos: 1.0, tau_neg: 1.05}
+  gpg:      {rule: gpg}
+  clip_cov: {rule: clip_cov, eps_low: 0.2, eps_high: 0.2, clip_cov_ratio: 2.0e-4, clip_cov_lb: 1.0, clip_cov_ub: 5.0}
+  kl_cov:   {rule: kl_cov, kl_cov_ratio: 2.0e-4, ppo_kl_coef: 0.1}
+  geo_mean: {rule: geo_mean, eps_low: 0.2, eps_high: 0.2}
+  dro:      {rule: dro, beta: 0.05}
 
 grid:
   methods: [pg_is, grpo, cispo, dppo, trm_max, trm_avg, minpro, cppo,
-            cppo_no_posw, cppo_no_prefix, cppo_shuffled_w, cppo_kl, cppo_soft, cppo_no_cap]
+            cppo_no_posw, cppo_no_prefix, cppo_shuffled_w, cppo_kl, cppo_soft, cppo_no_cap,
+            sapo, gpg, clip_cov, kl_cov, geo_mean, dro]
   scales: [s, m]
   seeds: [1, 2, 3, 4, 5]
   # tiny's ladder plus the precision-mismatch setting (above on-policy, below one off-policy step)
