@@ -93,6 +93,9 @@ def main(args) -> int:
 
     try:
         cfg = load_config(args.config, args.set)
+        from cppo import tracking
+
+        tracking.use_results_dir(cfg.results_dir)  # the MLflow store beside the profile's run folders
         runs = [_resolve(cfg, args, seed, run_dir) for seed, run_dir in zip(args.seed, run_dirs(args.run_dir, args.seed))]
         evaluation = _evaluation(cfg.raw) if args.eval else None
     except ConfigError as e:
@@ -204,7 +207,6 @@ def _train(run, run_dir: Path, args) -> None:
     if not args.no_mlflow:
         from cppo import tracking
 
-        tracking.use_results_dir(cfg.results_dir)  # the store beside the profile's run folders
         run_id = tracking.start_child(run.profile, run.setting, run.method.name, run.scale, run.seed,
                                       run.method.rule, resolved, run_dir)
     from cppo.train.rl import Trainer
