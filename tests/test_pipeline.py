@@ -55,7 +55,8 @@ def test_dry_run_takes_cppo_set_overrides(tmp_path):
     """`--config 'set=KEY=VALUE'`: the `cppo --set` syntax for nested keys (a replication's seeds)."""
     res = _snakemake("-n", "--config", "set=grid.seeds=[101, 102]", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    seeds = set(re.findall(r"seed~(\d+)", res.stdout + res.stderr))
+    # grouped jobs (grid.runs_per_job) are named by their seeds, `seeds~101-102`
+    seeds = {k for m in re.findall(r"seeds?~([\d-]+)", res.stdout + res.stderr) for k in m.split("-")}
     assert seeds == {"101", "102"}
     snap = yaml.safe_load((tmp_path / "results" / "tiny" / "runs" / "_config.yaml").read_text())
     assert snap["grid"]["seeds"] == [101, 102] and "set" not in snap
@@ -183,7 +184,7 @@ def test_dry_run_plans_the_full_grid(tmp_path, profile):
     counts = _job_counts(res.stdout + res.stderr)
     cfg = _load(Path(profile or "config/tiny.yaml").name)
     want = expected_jobs(cfg)
-    assert want["train"] > 1 and want["report"] == 1
+    assert want.get("train", 0) + want.get("train_chunk", 0) > 1 and want["report"] == 1
     assert {k: v for k, v in counts.items() if k != "total"} == {"all": 1, **want}
     if profile == "config/paper.yaml":
         assert "base" not in counts and counts["prepare_data"] >= 2  # hub models, verl data
@@ -194,6 +195,8 @@ def _grouped_tiny(tmp_path: Path, seeds: list[int], k: int | None) -> Path:
     cfg["grid"]["seeds"] = seeds
     if k is not None:
         cfg["grid"]["runs_per_job"] = k
+    else:
+        cfg["grid"].pop("runs_per_job", None)  # the key unwritten: its default
     path = tmp_path / "grouped.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -217,10 +220,13 @@ def test_dry_run_groups_the_seeds_of_each_cell(tmp_path):
         setting = re.search(r"--setting (\S+)", cmd).group(1)
         seeds = re.search(r"--seed ([\d ]+) --", cmd).group(1).split()
         cells.setdefault((setting, method), []).append(seeds)
-    assert len(cells) == 1 + 3 * 4  # the reference rung once, three rungs x four methods
+    grid = cfg["grid"]
+    ref = 1 if grid.get("reference") else 0  # the reference rung once, every other rung x every method
+    assert len(cells) == ref + (len(grid["settings"]) - ref) * len(grid["methods"])
     assert all(sorted(v) == [["1", "2"], ["3", "4"], ["5"]] for v in cells.values()), cells
     # each run keeps the train rule's restart stamp (a changed config deletes exactly that run)
-    assert out.count("_logs/train/setting~upd8/method~cppo/scale~s/seed~5.digest") >= 2
+    top = grid["settings"][-1]
+    assert out.count(f"_logs/train/setting~{top}/method~cppo/scale~s/seed~5.digest") >= 2
 
 
 def test_dry_run_with_one_run_per_job_is_unchanged(tmp_path):
@@ -265,7 +271,8 @@ def test_dry_run_with_the_slurm_profile_submits_a_chunk_as_a_job(tmp_path):
                      "--configfile", str(_grouped_tiny(tmp_path, [1, 2, 3], 3)), cwd=tmp_path)
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-3000:]
-    assert _job_counts(out)["train_chunk"] == 13 and "evaluate" not in _job_counts(out)
+    cfg = yaml.safe_load((tmp_path / "grouped.yaml").read_text())
+    assert _job_counts(out)["train_chunk"] == expected_jobs(cfg)["train_chunk"] and "evaluate" not in _job_counts(out)
 
 
 def test_dry_run_with_the_slurm_profile(tmp_path):
@@ -474,7 +481,9 @@ def test_committed_report_does_not_hide_missing_runs(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     counts = _job_counts(res.stdout + res.stderr)
     want = expected_jobs(_load("tiny.yaml"))
-    assert counts["train"] == want["train"] and counts["evaluate"] == want["evaluate"] and counts["report"] == 1
+    for job in ("train", "evaluate", "train_chunk"):  # the default groups its runs (grid.runs_per_job)
+        assert counts.get(job, 0) == want.get(job, 0), job
+    assert counts["report"] == 1 and sum(want.get(j, 0) for j in ("train", "train_chunk")) > 1
 
 
 def test_evaluate_passes_only_the_eval_keys_the_profile_sets(tmp_path):
@@ -483,8 +492,9 @@ def test_evaluate_passes_only_the_eval_keys_the_profile_sets(tmp_path):
     cfg = _load("tiny.yaml")
     for key in ("n", "temperature", "top_p"):
         cfg["eval"].pop(key)
-    cfg["grid"].update(methods=["cppo"], scales=["s"], seeds=[1], settings=["upd8"])
-    cfg["grid"].pop("reference")
+    cfg["grid"].update(methods=["cppo"], scales=["s"], seeds=[1], settings=["upd8"], runs_per_job=1)
+    cfg["grid"].pop("reference", None)
+    cfg["report"].pop("comparisons", None)
     path = tmp_path / "noeval.yaml"
     path.write_text(yaml.safe_dump(cfg))
     res = _snakemake("-n", "-p", "--configfile", str(path), cwd=tmp_path)
