@@ -13,7 +13,7 @@ adjustment over the claims of one table (the family), and a mechanical verdict:
   n pairs cannot go below 2/2^n, so 5 seeds (0.0625) can never decide one claim, let alone a
   Holm-adjusted family: that is what 5 seeds can say, not a failure of the test.
 
-The estimates (chosen before the grid was run, README "A long-horizon study"):
+The estimates (chosen before the grid was run, docs/studies.md "A long-horizon study"):
 
 - *D_t grows with position*: per DPPO run, the mean D_t over the last quarter of relative positions
   divided by the mean over the first quarter (`position_profile.json`, buckets of the relative

@@ -5,7 +5,7 @@
     out = rule(PolicyBatch(logp=..., old_logp=..., rollout_logp=..., advantages=..., mask=...))
     loss = aggregate_loss(out.loss, batch.mask, "seq-mean-token-sum-norm", norm_constant=max_len)
 
-See the README's "Rules" section for the list of rules and how to add one.
+See docs/rules.md for the list of rules and how to add one.
 """
 
 from __future__ import annotations

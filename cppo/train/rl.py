@@ -20,7 +20,7 @@ One rollout step:
      row the run stops.
 
 Everything trainer-side (model, optimizer state, rollout tensors, advantages, PolicyBatch) lives on
-``rl.device`` (default cpu; README, "One GPU"); random streams stay on the CPU, so checkpoints resume anywhere.
+``rl.device`` (default cpu; docs/gpu-and-cluster.md, "One GPU"); random streams stay on the CPU, so checkpoints resume anywhere.
 
 No KL-to-reference term and no entropy bonus (as in the paper's protocol). π's log-probs use the
 rollout temperature, so that with fresh weights π_old = μ up to numerics.
