@@ -22,7 +22,7 @@ import pytest
 from scipy import stats as sps
 
 from cppo.report.compare import (ALPHA, bootstrap_interval, compare, describe, holm, min_attainable_p,
-                                 min_detectable, permutation_p, run_family)
+                                 min_detectable, permutation_p, run_family, detectable_at)
 
 G = 1000
 OTHERS = ("pg_is", "grpo", "dppo")
@@ -87,6 +87,20 @@ def test_minimum_detectable_difference_by_hand():
     assert (sps.t.ppf(1 - 0.05 / 6, 38) + sps.t.ppf(0.8, 38)) * math.sqrt(0.1) == pytest.approx(1.0604, abs=1e-3)
     # 3 + 3 seeds: the exact test cannot reach 0.05 (its floor is 0.1): nothing is detectable
     assert min_detectable(_unit_sd(3), _unit_sd(3), paired=False) == math.inf
+
+
+def test_detectable_at_a_planned_n_is_the_observed_formula():
+    """A seed budget's MDD at n (from SDs) equals the report's at the observed n, and shrinks like 1/sqrt(n)."""
+    x, y = _unit_sd(20) * 2.0, _unit_sd(20) * 3.0
+    assert detectable_at(2.0, 3.0, 20, 20, paired=False, alpha=0.05 / 3) == pytest.approx(
+        min_detectable(x, y, paired=False, alpha=0.05 / 3), rel=1e-12)
+    d = x - y[::-1]
+    assert detectable_at(float(np.std(d, ddof=1)), 0.0, 20, 20, paired=True) == pytest.approx(
+        min_detectable(x, y[::-1], paired=True), rel=1e-12)
+    # equal SDs 1, n = 80 against 20: the SE halves, the t quantiles barely move (df 158 against 38)
+    ratio = detectable_at(1.0, 1.0, 80, 80, False) / detectable_at(1.0, 1.0, 20, 20, False)
+    assert 0.49 < ratio < 0.5
+    assert detectable_at(1.0, 1.0, 3, 3, False) == math.inf  # the exact test's floor at 3 + 3 is 0.1
 
 
 def test_compare_differences_halves_and_words():

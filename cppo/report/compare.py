@@ -108,13 +108,22 @@ def min_detectable(x: np.ndarray, y: np.ndarray, paired: bool, alpha: float = AL
     n_a, n_b = len(x), len(y)
     if min(n_a, n_b) < 2:
         return math.inf
-    if min_attainable_p(n_a, n_b, paired, resamples) > alpha:
+    if paired:
+        return detectable_at(float(np.std(x - y, ddof=1)), 0.0, n_a, n_a, True, alpha, power, resamples)
+    return detectable_at(float(np.std(x, ddof=1)), float(np.std(y, ddof=1)), n_a, n_b, False, alpha, power,
+                         resamples)
+
+
+def detectable_at(sd_a: float, sd_b: float, n_a: int, n_b: int, paired: bool, alpha: float = ALPHA,
+                  power: float = POWER, resamples: int = RESAMPLES) -> float:
+    """The MDD of a grid of n_a + n_b seeds whose SDs are sd_a, sd_b (paired: sd_a is the SD of the
+    per-seed differences, sd_b unused). `min_detectable` at the observed n; a seed budget at a planned n."""
+    if min(n_a, n_b) < 2 or min_attainable_p(n_a, n_b, paired, resamples) > alpha:
         return math.inf
     if paired:
-        se = float(np.std(x - y, ddof=1)) / math.sqrt(n_a)
-        df = n_a - 1
+        se, df = sd_a / math.sqrt(n_a), n_a - 1
     else:
-        va, vb = float(np.var(x, ddof=1)) / n_a, float(np.var(y, ddof=1)) / n_b
+        va, vb = sd_a ** 2 / n_a, sd_b ** 2 / n_b
         se = math.sqrt(va + vb)
         df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)) if va + vb > 0 else n_a + n_b - 2
     return float((sps.t.ppf(1 - alpha / 2, df) + sps.t.ppf(power, df)) * se)
