@@ -38,7 +38,7 @@ import numpy as np
 
 from cppo.report.collect import RunRecord
 from cppo.report.compare import Comparison, adjust, compare, describe, fmt_p
-from cppo.report.stats import run_stability
+from cppo.report.verdicts import per_seed
 
 ABLATIONS = {
     "no_position_weight": ("ablation", "no_position_weight", "Removing the position weight (w ≡ 1) costs accuracy"),
@@ -72,17 +72,9 @@ def claim_methods(cfg: dict) -> dict[str, str]:
 
 def _per_seed(records: list[RunRecord], setting: str, scale: str, method: str, metric: str, frac: float,
               H: int | None) -> dict[str, dict[int, float]]:
-    out: dict[str, dict[int, float]] = {k: {} for k in ("time_to_collapse", "auc", "best", "final")}
-    for r in records:
-        if (r.cell.setting, r.cell.scale, r.cell.method) != (setting, scale, method):
-            continue
-        h = r.histories.get(metric) or []
-        if not h:
-            continue
-        for k, v in run_stability(h, frac, H).items():
-            if math.isfinite(v):
-                out[k][r.cell.seed] = v
-    return out
+    """measure -> seed -> value, for the four stability measures (`verdicts.per_seed`, the report's own)."""
+    return {k: per_seed(records, setting, scale, method, k, collapse_metric=metric, frac=frac, horizon=H,
+                        benchmarks=[], metric="") for k in ("time_to_collapse", "auc", "best", "final")}
 
 
 def paired(a: dict[int, float], b: dict[int, float], seed: int = 0) -> Comparison:
