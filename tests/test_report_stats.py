@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cppo.report.collect import RunRecord, eval_metric, read_metrics_jsonl
-from cppo.report.grid import Cell, apply_sets, cells, parents
+from cppo.report.grid import Cell, apply_sets, cells, declared, parents
 from cppo.report.stats import (auc, best_in_run, bootstrap_band, bootstrap_ci, collapsed, final_value,
                                iqm, time_to_collapse, wilson_interval)
 from cppo.report.tables import (attach_published, best_step, cell_stats, load_published, markdown, step_means,
@@ -146,6 +146,15 @@ def test_grid_cells_paths_and_errors():
     with pytest.raises(ValueError, match="report.comparisons.focal"):
         cells(apply_sets(CFG, ["report.comparisons.focal=dppo"]))
     assert apply_sets(CFG, ["rl.lr=3e-4"])["rl"]["lr"] == 3e-4 and "rl" not in CFG
+
+
+def test_claims_replace_the_default_family():
+    """A claims profile (tiny-long) without report.comparisons tests its claims only; declaring
+    comparisons next to the claims keeps them."""
+    assert declared(CFG) is not None and declared(CFG).focal == "cppo"
+    assert declared(apply_sets(CFG, ["report.claims=true"])) is None
+    both = declared(apply_sets(CFG, ["report.claims=true", "report.comparisons.against=[grpo]"]))
+    assert both is not None and both.against == ("grpo",)
 
 
 def _rec(method, rule, seed, chain_id, chain_ood, acc_hist):

@@ -107,8 +107,13 @@ def declared(cfg: dict) -> Declared | None:
 
     Defaults: focal `cppo`, against every other method of the grid, at every setting but the
     on-policy reference rung, primary measure `auc`, unpaired. Names are checked against the grid.
+    A profile with `report.claims` and no `report.comparisons` has none: its claims are its declared
+    family (a second, default family beside them would be tested at 5% on its own).
     """
-    spec = dict((cfg.get("report") or {}).get("comparisons") or {})
+    report = cfg.get("report") or {}
+    if report.get("claims") and not report.get("comparisons"):
+        return None
+    spec = dict(report.get("comparisons") or {})
     methods = [str(m) for m in (cfg.get("grid") or {}).get("methods") or []]
     focal = str(spec.get("focal", "cppo"))
     if focal not in methods:
