@@ -1,6 +1,6 @@
 """Two reports of the same profile side by side: do their declared verdicts contradict each other?
 
-    python benchmarks/replication.py RUN_A/results/tiny RUN_B/results/tiny [--names "seeds 1-20" "seeds 101-120"]
+    python benchmarks/replication.py RUN_A/results/tiny RUN_B/results/tiny [--names "seeds 1-12" "seeds 101-112"]
 
 Reads each folder's `comparisons.csv` (written by `cppo report`) and prints one markdown row per
 primary comparison: each run's difference with its 95% interval, Holm p and verdict, and whether the
