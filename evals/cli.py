@@ -150,11 +150,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     if backend != "oracle":  # the oracle needs no weights: MODEL is only a label there
-        from cppo.models import model_source
+        from cppo.models import check_hub_model, model_source
 
         try:
             for _, model in points:
-                model_source(model)
+                if model_source(model) == "hub":
+                    check_hub_model(model)  # one line within seconds when the hub is out of reach
         except FileNotFoundError as e:
             print(f"cppo eval: {e}", file=sys.stderr)
             return 2
