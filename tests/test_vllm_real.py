@@ -82,7 +82,7 @@ def engine_check() -> dict:
 
 def test_rollout_logprobs_equal_a_torch_recomputation(engine_check):
     par = engine_check["parity"]
-    assert par["tokens"] >= 200
+    assert par["tokens"] >= 100
     assert par["logp_max"] < 1e-4, par  # measured ~1e-6 (float32)
     assert par["topk_max"] < 1e-4 and par["topk_at_ids_max"] < 1e-4, par  # μ's top-K: ids and values
 
@@ -100,7 +100,7 @@ def test_each_sequence_has_its_own_seed(engine_check):
 
 
 def test_torch_threads_survive_vllm(engine_check):
-    assert engine_check["threads"] == {"after_start": 2, "after_generate": 2}
+    assert engine_check["threads"] == {"after_start": [2, 1, 2], "after_generate": [2, 1, 2]}
 
 
 # --- training and evaluation from a short SFT base ----------------------------------------------------------

@@ -6,7 +6,8 @@ One process, one engine (scale m, float32, vLLM's CPU build), several checks; pr
 - sync: after an optimizer step and `sync_weights`, the next rollout's log-probs against the new
   weights and against the old ones;
 - seeds: the samples of a prompt repeated in one rollout, and two rollouts from the same seed;
-- threads: torch's thread count after vLLM started and ran, and whether `torch.set_num_threads` works.
+- threads: torch's thread count after vLLM started and after it ran, and whether `torch.set_num_threads`
+  still works then.
 Usage: python engine_check.py [--dtype float32|bfloat16]
 """
 
@@ -38,6 +39,16 @@ def recompute(model, batch, temperature: float, topk: int | None):
     return logp, top, at_mu_topk
 
 
+def _threads_settable() -> list[int]:
+    """torch's thread count now, then after `torch.set_num_threads(1)` and `(2)`: [2, 1, 2] when the
+    trainer's count survived vLLM and the trainer can still change it."""
+    seen = [torch.get_num_threads()]
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        seen.append(torch.get_num_threads())
+    return seen
+
+
 def max_abs(a, b, mask):
     return float((a - b).abs()[mask].max())
 
@@ -58,7 +69,7 @@ def main() -> None:
     t0 = time.perf_counter()
     eng = get_engine("vllm", model, tok, dtype=args.dtype)
     out["start_s"] = time.perf_counter() - t0
-    out["threads_after_start"] = torch.get_num_threads()
+    out["threads_after_start"] = _threads_settable()
 
     # parity
     t0 = time.perf_counter()
@@ -106,8 +117,7 @@ def main() -> None:
                     "distinct_first_tokens": len({s[0] for s in seqs}),
                     "same_seed_same_samples": r1.response_ids.equal(r2.response_ids),
                     "other_seed_differs": not r1.response_ids.equal(r3.response_ids)}
-    torch.set_num_threads(2)
-    out["threads"] = {"after_start": out.pop("threads_after_start"), "after_generate": torch.get_num_threads()}
+    out["threads"] = {"after_start": out.pop("threads_after_start"), "after_generate": _threads_settable()}
     eng.close()
     print(json.dumps(out))
 
