@@ -263,7 +263,7 @@ class VLLMEngine:
                                   f"{getattr(vllm, '__version__', '?')}") from err
             raise
         finally:
-            _restore_threads(threads)  # vLLM's CPU worker pins both for itself
+            _restore_threads(threads)  # vLLM's CPU worker set torch to 1 thread and replaced set_num_threads
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         return [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
