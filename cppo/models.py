@@ -176,6 +176,36 @@ def model_source(path_or_name: str | Path) -> str:
                             f"(and it is not an owner/name hub id)")
 
 
+def check_hub_model(name: str, timeout: float = 5.0) -> None:
+    """Make sure the hub model ``name`` can be loaded: from the local Hugging Face cache, or from the hub.
+
+    Raises FileNotFoundError with one line saying what to do (a local folder, the cache, HF_HUB_OFFLINE)
+    when it cannot: with HF_HUB_OFFLINE set and the model not cached, at once; without it, when one
+    request to the hub fails within ``timeout`` seconds (instead of transformers' two minutes of
+    retries and a long traceback). Only that one request touches the network, and only when the hub
+    is not switched off.
+    """
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+    if constants.is_offline_mode():
+        if cached:
+            return
+        raise FileNotFoundError(f"the hub model {name} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                                f"and HF_HUB_OFFLINE is set: give a local checkpoint folder, or download the model "
+                                f"once where the hub is reachable (hf download {name})")
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(f"{constants.ENDPOINT}/api/models/{name}", timeout=timeout)
+    except Exception as err:  # no route, no name resolution, a timeout: the hub is out of reach
+        what = ("it is in the local Hugging Face cache: set HF_HUB_OFFLINE=1 to use that copy" if cached else
+                "give a local checkpoint folder, or download the model where the hub is reachable and set "
+                "HF_HUB_OFFLINE=1")
+        raise FileNotFoundError(f"cannot reach the hub ({constants.ENDPOINT}: {type(err).__name__}) for the model "
+                                f"{name}: {what}") from None
+
+
 def _looks_like_hub(name: str) -> bool:
     parts = name.split("/")
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/"))

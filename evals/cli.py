@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, dest="top_p", help=f"nucleus mass (default {defaults.TOP_P})")
     p.add_argument("--max-tokens", type=int, dest="max_tokens", help="generation budget per response (default: the benchmark's)")
     p.add_argument("--out", type=Path, help="result JSON path")
-    p.add_argument("--backend", choices=("hf", "vllm", "oracle"), help="generation backend (default hf; vllm needs the GPU extra)")
+    p.add_argument("--backend", choices=("hf", "vllm", "oracle"), help="generation backend (default hf; vllm needs vLLM: the [vllm] extra on a GPU, or .venv-vllm from scripts/bootstrap-vllm)")
     p.add_argument("--config", type=Path, help="profile YAML: eval defaults, chain settings, data_dir")
     p.add_argument("--mlflow-run-id", dest="mlflow_run_id", help="log eval/<benchmark>/<metric> into this MLflow run")
     p.add_argument("--step", type=int, help="training step of the checkpoint (MLflow step; required with --mlflow-run-id)")
@@ -150,11 +150,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"cppo eval: {e}", file=sys.stderr)
         return 2
     if backend != "oracle":  # the oracle needs no weights: MODEL is only a label there
-        from cppo.models import model_source
+        from cppo.models import check_hub_model, model_source
 
         try:
             for _, model in points:
-                model_source(model)
+                if model_source(model) == "hub":
+                    check_hub_model(model)  # one line within seconds when the hub is out of reach
         except FileNotFoundError as e:
             print(f"cppo eval: {e}", file=sys.stderr)
             return 2

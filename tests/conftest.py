@@ -4,6 +4,8 @@ Tests that read the benchmark JSONL files take the ``data_dir`` fixture. It is t
 ``CPPO_DATA_DIR`` (``cppo data download DIR`` writes one); when that variable is unset they skip
 with a one-line reason, unless ``CPPO_REQUIRE_DATA=1``, which turns the skip into a failure (CI sets
 both, so data tests cannot silently stop running). Nothing here looks beside the checkout.
+The real vLLM tests (tests/test_vllm_real.py) follow the same pattern with ``.venv-vllm`` and
+``CPPO_REQUIRE_VLLM=1``.
 """
 
 from __future__ import annotations

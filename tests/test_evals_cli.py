@@ -91,6 +91,42 @@ def test_missing_checkpoint_folder_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "r.json").exists()
 
 
+def test_hub_model_without_network_is_one_line_within_seconds(tmp_path):
+    """A hub name that is neither cached nor reachable: one line saying what to do, not 2 minutes of retries.
+    Offline mode and an empty cache, so nothing here touches the network."""
+    import os
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "cppo.cli", "eval", "Qwen/Qwen3-0.6B", "--benchmarks", "gsm8k",
+                        "--out", str(tmp_path / "o.json")], capture_output=True, text=True, cwd=tmp_path, env=env,
+                       timeout=60)
+    took = time.perf_counter() - t0
+    err = p.stderr.strip()
+    assert p.returncode == 2 and len(err.splitlines()) == 1, err
+    assert "not in the local Hugging Face cache" in err and "HF_HUB_OFFLINE" in err and "local checkpoint folder" in err
+    assert took < 20 and not (tmp_path / "o.json").exists()
+
+
+def test_unreachable_hub_is_one_line(monkeypatch):
+    """Hub mode on, but the one request to the hub fails (here: a stand-in session that refuses)."""
+    from huggingface_hub import constants
+    import huggingface_hub.utils as hf_utils
+
+    from cppo.models import check_hub_model
+
+    class Refusing:
+        def head(self, url, timeout):
+            assert timeout <= 5
+            raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(hf_utils, "get_session", lambda: Refusing())
+    with pytest.raises(FileNotFoundError, match=r"cannot reach the hub .*ConnectionError.* local checkpoint folder"):
+        check_hub_model("nobody/no-such-model")
+
+
 def test_eval_defaults_have_one_source():
     """`cppo eval` without flags or profile values samples exactly as the typed profile section defaults say."""
     import argparse

