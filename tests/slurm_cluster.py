@@ -31,6 +31,7 @@ from pathlib import Path
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 COMMANDS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "scontrol", "sinfo")
 PARTITION = "cpu"
+HEADER = "# written by tests/slurm_cluster.py for the test suite's one-node cluster; removed afterwards"
 
 
 def _which(cmd: str) -> str | None:
@@ -92,7 +93,7 @@ class Cluster:
         ctld_port, d_port = _free_ports(2)
         mem = int(_mem_mb() * 0.9)  # slurmd drains a node whose memory is below the configured one
         return "\n".join([
-            "# written by tests/slurm_cluster.py for the test suite's one-node cluster; removed afterwards",
+            HEADER,
             "ClusterName=cppotest",
             "SlurmctldHost=localhost(127.0.0.1)",
             f"SlurmctldPort={ctld_port}",
@@ -140,7 +141,7 @@ class Cluster:
         subprocess.run([_which("mungekey"), "--create", "--keyfile", str(key)], check=True, capture_output=True)
         os.chmod(key, 0o400)
         SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-        if SLURM_CONF.exists():
+        if SLURM_CONF.exists() and not SLURM_CONF.read_text().startswith(HEADER):  # not a stale one of ours
             self._backup = r / "slurm.conf.before"
             shutil.move(SLURM_CONF, self._backup)
         SLURM_CONF.write_text(self.config())
@@ -212,7 +213,7 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait(grace)
-            if SLURM_CONF.exists() and SLURM_CONF.read_text().startswith("# written by tests/slurm_cluster.py"):
+            if SLURM_CONF.exists() and SLURM_CONF.read_text().startswith(HEADER):
                 SLURM_CONF.unlink()
             if self._backup is not None and self._backup.exists():
                 shutil.move(self._backup, SLURM_CONF)
