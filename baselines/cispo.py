@@ -24,7 +24,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -44,7 +44,8 @@ class CISPOParams:
 
 
 @register_rule("cispo", CISPOParams, paper="MiniMax 2025, arXiv 2506.13585",
-               summary="no masking; detached IS weight clipped to [1−ε_low, 1+ε_high]")
+               summary="no masking; detached IS weight clipped to [1−ε_low, 1+ε_high]",
+               reads_old=anchor_is_old)
 def cispo(batch: PolicyBatch, p: CISPOParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

@@ -35,7 +35,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS, LOG_RATIO_CLAMP, anchor_logp
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
 
@@ -79,7 +79,8 @@ def draw(candidates: Tensor, k: int, seed: Optional[int]) -> Tensor:
 
 
 @register_rule("clip_cov", ClipCovParams, paper="Cui et al. 2025, arXiv 2505.22617",
-               summary="PPO clip, plus a random few tokens with log π–Â covariance in (lb, ub) cut off")
+               summary="PPO clip, plus a random few tokens with log π–Â covariance in (lb, ub) cut off",
+               reads_old=anchor_is_old)
 def clip_cov(batch: PolicyBatch, p: ClipCovParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

@@ -23,7 +23,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS, DIVERGENCES, token_divergence
 from cppo.rules.gate import advantage_gate, is_surrogate, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -52,7 +52,8 @@ class DPPOParams:
 
 
 @register_rule("dppo", DPPOParams, paper="Qi et al. 2026, arXiv 2602.04879",
-               summary="mask tokens failing the advantage gate whose divergence D_t exceeds δ")
+               summary="mask tokens failing the advantage gate whose divergence D_t exceeds δ",
+               reads_old=anchor_is_old)
 def dppo(batch: PolicyBatch, p: DPPOParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)
     adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T)

@@ -28,7 +28,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -45,7 +45,8 @@ class DROParams:
 
 
 @register_rule("dro", DROParams, paper="Richemond et al. 2024, arXiv 2405.19107; Kimi k1.5, arXiv 2501.12599",
-               summary="−Â log π plus the quadratic penalty ½β(log π − log π_old)²; nothing masked")
+               summary="−Â log π plus the quadratic penalty ½β(log π − log π_old)²; nothing masked",
+               reads_old=anchor_is_old)
 def dro(batch: PolicyBatch, p: DROParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

@@ -35,7 +35,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS, LOG_RATIO_CLAMP, anchor_logp
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -53,7 +53,8 @@ class GeoMeanParams:
 
 
 @register_rule("geo_mean", GeoMeanParams, paper="Zhao et al. 2025 (GMPO), arXiv 2507.20673",
-               summary="geometric mean of log-space-clipped token ratios per sequence (use seq-mean-token-mean)")
+               summary="geometric mean of log-space-clipped token ratios per sequence (use seq-mean-token-mean)",
+               reads_old=anchor_is_old)
 def geo_mean(batch: PolicyBatch, p: GeoMeanParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

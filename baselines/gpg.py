@@ -32,7 +32,8 @@ class GPGParams:
 
 
 @register_rule("gpg", GPGParams, paper="Chu et al. 2025, arXiv 2504.02546",
-               summary="plain group policy gradient −Â log π: no ratio, no clip")
+               summary="plain group policy gradient −Â log π: no ratio, no clip",
+               reads_old=False)
 def gpg(batch: PolicyBatch, p: GPGParams) -> RuleOutput:
     terms = policy_terms(batch, "rollout")  # the anchor only feeds the shared diagnostics (ρ = π/μ)
     kept = batch.mask  # (B, T)

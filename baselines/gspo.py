@@ -22,7 +22,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -40,7 +40,8 @@ class GSPOParams:
 
 
 @register_rule("gspo", GSPOParams, paper="Zheng et al. 2025, arXiv 2507.18071",
-               summary="length-normalised sequence ratio, clipped per sequence")
+               summary="length-normalised sequence ratio, clipped per sequence",
+               reads_old=anchor_is_old)
 def gspo(batch: PolicyBatch, p: GSPOParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

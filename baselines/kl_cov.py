@@ -28,7 +28,7 @@ from baselines.clip_cov import centred_covariance
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -48,7 +48,8 @@ class KLCovParams:
 
 
 @register_rule("kl_cov", KLCovParams, paper="Cui et al. 2025, arXiv 2505.22617",
-               summary="−Â r, plus k·|log r| on the top-K tokens by log π–Â covariance; nothing masked")
+               summary="−Â r, plus k·|log r| on the top-K tokens by log π–Â covariance; nothing masked",
+               reads_old=anchor_is_old)
 def kl_cov(batch: PolicyBatch, p: KLCovParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

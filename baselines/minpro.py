@@ -33,7 +33,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
 
@@ -61,7 +61,8 @@ def log_prefix_min(log_ratio: Tensor, mask: Tensor) -> Tensor:
 
 
 @register_rule("minpro", MinPROParams, paper="Lei, Cheng, Tao 2026, arXiv 2601.22718",
-               summary="weight = (min preceding ratio) × own ratio, clipped (soft or hard)")
+               summary="weight = (min preceding ratio) × own ratio, clipped (soft or hard)",
+               reads_old=anchor_is_old)
 def minpro(batch: PolicyBatch, p: MinPROParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

@@ -21,7 +21,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import is_surrogate, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -38,7 +38,8 @@ class PGISParams:
 
 
 @register_rule("pg_is", PGISParams, paper="importance-weighted policy gradient (no trust region)",
-               summary="−Â ρ on every token; optional truncation cap")
+               summary="−Â ρ on every token; optional truncation cap",
+               reads_old=anchor_is_old)
 def pg_is(batch: PolicyBatch, p: PGISParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)
     adv, logp, log_ratio = terms.adv, terms.logp, terms.log_ratio  # (B, T) each

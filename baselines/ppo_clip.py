@@ -29,7 +29,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -52,7 +52,8 @@ class PPOClipParams:
 @register_rule("ppo_clip", PPOClipParams,
                paper="Schulman et al. 2017 (PPO), arXiv 1707.06347; GRPO, arXiv 2402.03300; "
                      "DAPO clip-higher, arXiv 2503.14476",
-               summary="ratio clipped to [1−ε_low, 1+ε_high] against π_old; optional dual clip")
+               summary="ratio clipped to [1−ε_low, 1+ε_high] against π_old; optional dual clip",
+               reads_old=anchor_is_old)
 def ppo_clip(batch: PolicyBatch, p: PPOClipParams) -> RuleOutput:
     terms = policy_terms(batch, p.anchor)
     adv, log_ratio = terms.adv, terms.log_ratio  # (B, T)

@@ -30,7 +30,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS
 from cppo.rules.gate import masked_coef, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -48,7 +48,8 @@ class SAPOParams:
 
 
 @register_rule("sapo", SAPOParams, paper="Gao et al. 2025, arXiv 2511.20347",
-               summary="smooth sigmoid gate (4/τ)σ(τ(r−1)) of the ratio instead of a hard clip")
+               summary="smooth sigmoid gate (4/τ)σ(τ(r−1)) of the ratio instead of a hard clip",
+               reads_old=anchor_is_old)
 def sapo(batch: PolicyBatch, p: SAPOParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

@@ -15,7 +15,7 @@ from typing import Optional
 
 from baselines.trm_max import KL_ESTIMATORS, trm_rule
 from cppo.rules.divergence import ANCHORS
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 
@@ -40,6 +40,7 @@ class TRMAvgParams:
 
 
 @register_rule("trm_avg", TRMAvgParams, paper="Li et al. 2025, arXiv 2512.23075",
-               summary="drop whole sequences whose mean per-token KL(μ‖π) exceeds δ_avg")
+               summary="drop whole sequences whose mean per-token KL(μ‖π) exceeds δ_avg",
+               reads_old=anchor_is_old)
 def trm_avg(batch: PolicyBatch, p: TRMAvgParams) -> RuleOutput:
     return trm_rule(batch, p, "mean")

@@ -22,7 +22,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS, k3, token_divergence
 from cppo.rules.gate import is_surrogate, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput
 
 KL_ESTIMATORS = ("k3", "topk")
@@ -68,6 +68,7 @@ def trm_rule(batch: PolicyBatch, p, reduce: str) -> RuleOutput:
 
 
 @register_rule("trm_max", TRMMaxParams, paper="Li et al. 2025, arXiv 2512.23075",
-               summary="drop whole sequences whose max per-token KL(μ‖π) exceeds δ")
+               summary="drop whole sequences whose max per-token KL(μ‖π) exceeds δ",
+               reads_old=anchor_is_old)
 def trm_max(batch: PolicyBatch, p: TRMMaxParams) -> RuleOutput:
     return trm_rule(batch, p, "max")

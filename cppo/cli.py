@@ -40,6 +40,13 @@ def _build_parser(selected: str | None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
+    from cppo.numerics import NumericsError, requested
+
+    try:
+        requested()
+    except NumericsError as err:
+        print(f"cppo: error: {err}", file=sys.stderr)
+        return 2
     if selected is not None and selected not in COMMANDS:
         print(f"cppo: unknown command {selected!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr)
         return 2

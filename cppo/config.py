@@ -34,6 +34,7 @@ from cppo.errors import ConfigError
 from evals import defaults as eval_defaults  # the evaluation defaults live with the evaluation code
 
 ROLLOUT_DTYPES = ("float32", "bfloat16", "float16")
+RECOMPUTE_OLD_LOGP = ("auto", "always")  # rl.recompute_old_logp (cppo.train.rl.Trainer.needs_old)
 
 
 # --------------------------------------------------------------------------- sections
@@ -203,6 +204,12 @@ class RLConfig:
     """torch intra-op threads (1: two runs share two cores)."""
     attn_implementation: str = "sdpa"
     """Attention kernel of from-scratch models (``sdpa`` or ``eager``)."""
+    recompute_old_logp: str = "auto"
+    """π_old's forward pass before each rollout step's updates: ``auto`` skips it when neither the rule
+    (its registered ``reads_old``) nor rollout correction reads π_old and μ samples with the trainer's
+    own weights (``hf``/``hf_fast``, no lag, float32), computing it then only at evaluated steps, for
+    ``rule/k3_old_mu``; ``always`` computes it every step (the same metrics, plus ``k3_old_mu`` at every
+    step; docs/training.md)."""
     device: str = "cpu"
     """Where model, optimizer state and rollout tensors live: ``cpu``, ``cuda``, ``cuda:N``, or ``auto``
     (cuda when available, else cpu). Not part of a run's identity: a run may resume on another device."""
@@ -243,6 +250,8 @@ class RLConfig:
                  "rl.betas must be two values in [0, 1)")
         _require(self.attn_implementation in ("sdpa", "eager"), "rl.attn_implementation must be 'sdpa' or 'eager'")
         _require(self.minibatch_by in ("group", "sequence"), "rl.minibatch_by must be 'group' or 'sequence'")
+        _require(self.recompute_old_logp in RECOMPUTE_OLD_LOGP,
+                 f"rl.recompute_old_logp must be one of {list(RECOMPUTE_OLD_LOGP)}, got {self.recompute_old_logp!r}")
         check_device(self.device, "rl.device")
         if self.rollout_correction is not None:
             self.rollout_correction.validate()

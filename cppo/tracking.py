@@ -197,6 +197,9 @@ def provenance() -> dict[str, str]:
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
         "python": sys.version.split()[0],
     }
+    from cppo import numerics
+
+    info["numerics"] = numerics.requested()  # the float kernels' path (cppo/numerics.py)
     for dist in ("cppo-bench", "torch", "transformers", "mlflow", "numpy", "snakemake", "lm_eval",
                  "math-verify", "vllm", "verl"):
         v = _version(dist)

@@ -81,7 +81,9 @@ def test_report_from_run_folders(tmp_path, mlflow_uri):
 
     assert (f"torch CPU capability {torch.backends.cpu.get_cpu_capability()}; torch {version('torch')}, "
             f"transformers {version('transformers')}, numpy {version('numpy')}.") in summary
-    assert "\nHost: " in summary and "not bit for bit" in summary
+    from cppo.numerics import effective
+
+    assert "\nHost: " in summary and f"Numeric path: {effective()['numerics/path']}" in summary
     assert "Unfinished runs (1)**: fresh/cppo/s/seed3" in summary
     assert "Collapsed seeds: pg_is 2/3." in summary
     # the declared default: cppo against pg_is on AUC; 3 + 3 seeds cannot reach p <= 0.05, so no verdict

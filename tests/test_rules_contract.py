@@ -192,3 +192,45 @@ def test_bfloat16_inputs_are_computed_in_float32(name):
     torch.testing.assert_close(a.loss, b.loss)
     a.loss.sum().backward()
     assert b16.logp.grad.dtype == torch.bfloat16 and torch.isfinite(b16.logp.grad.float()).all()
+
+
+@pytest.mark.parametrize("name,params", VARIANTS, ids=IDS)
+def test_reads_old_declaration_is_exact(name, params):
+    """`Rule.reads_old` (declared at registration) says whether π_old is an input: a rule declared not to
+    read it gives bit-identical loss, gradient and metrics (less `k3_old_mu`) with `old_logp=None`, which
+    is how the trainer calls it when it skips π_old; a rule declared to read it changes when π_old does."""
+    rule = get_rule(name, **params)
+    batch = random_batch(B=8, T=16, seed=5, K=6)
+
+    def run(b):
+        b.logp.grad = None
+        out = rule(b)
+        out.loss.sum().backward()
+        return out, b.logp.grad.clone()
+
+    out, grad = run(batch)
+    if rule.reads_old:
+        moved = batch.map(lambda t: t.detach().clone())
+        moved.old_logp = torch.where(moved.mask, moved.old_logp - 0.3, moved.old_logp)
+        moved.old_topk_logp = moved.old_topk_logp - 0.3
+        moved.logp.requires_grad_(True)
+        out2, grad2 = run(moved)
+        assert not torch.equal(grad2, grad) or any(out2.metrics[k] != out.metrics[k] for k in out.metrics
+                                                    if k != "k3_old_mu"), "declared reads_old, but π_old plays no part"
+        return
+    assert "k3_old_mu" in out.metrics
+    skipped = batch.map(lambda t: t.detach().clone())
+    skipped.old_logp = skipped.old_topk_logp = None
+    skipped.logp.requires_grad_(True)
+    out2, grad2 = run(skipped)
+    assert torch.equal(out2.loss, out.loss) and torch.equal(out2.kept, out.kept) and torch.equal(grad2, grad)
+    assert out2.metrics == {k: v for k, v in out.metrics.items() if k != "k3_old_mu"}
+
+
+def test_reads_old_follows_the_anchor():
+    for name in BUILTIN:
+        spec_params = {f: v for f, v in get_rule(name).params.items()}
+        if "anchor" in spec_params:
+            assert get_rule(name, anchor="old").reads_old and not get_rule(name, anchor="rollout").reads_old, name
+        else:  # gpg: no ratio at all
+            assert not get_rule(name).reads_old, name

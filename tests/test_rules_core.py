@@ -213,7 +213,7 @@ def test_shared_metrics_by_hand():
     tvs = [0.0, 0.2, 0.1, 0.6, 0.0]  # binary TV |π − μ| with π = ρ μ
     assert m["div_mean"] == pytest.approx(sum(tvs) / 5) and m["div_max"] == pytest.approx(0.6)
     assert m["entropy"] == pytest.approx(0.7)
-    assert set(m) == set(METRIC_NAMES) | {"entropy"}
+    assert set(m) == set(METRIC_NAMES) | {"k3_old_mu", "entropy"}
     # no eligible token (all Â = 0): fractions are 0, never nan
     b0 = PolicyBatch(logp=b.logp, old_logp=mu, rollout_logp=mu, advantages=torch.zeros(2, 3, dtype=F64), mask=mask)
     m0 = shared_metrics(b0, kept)

@@ -69,6 +69,7 @@ def test_provenance_has_commit_and_versions():
     assert len(p["git_commit"]) == 40 or p["git_commit"] == "unknown"
     assert p["git_dirty"] in ("true", "false", "unknown")
     assert p["version/mlflow"][0].isdigit() and p["version/torch"].startswith("2.")
+    assert p["numerics"] in ("pinned", "native")  # the float kernels' path (cppo/numerics.py)
 
 
 def test_parent_child_layout_resume_and_metrics(mlflow_uri, tmp_path):

@@ -187,6 +187,59 @@ def test_same_seed_gives_identical_metrics(tmp_path, base_ckpt, varied_rewards):
     assert prof["rule"] == "ppo_clip" and len(prof["div_mean"]) == 8 and sum(prof["tokens"]) > 0
 
 
+SKIP_METHODS = {"pg_is": {"rule": "pg_is"}, "dppo": {"rule": "dppo", "delta": 0.15, "divergence": "topk_tv"},
+                "gpg": {"rule": "gpg"}}
+
+
+@pytest.mark.parametrize("method", ["cppo", "pg_is", "dppo", "gpg"])
+def test_skipping_pi_old_changes_no_logged_value(tmp_path, base_ckpt, varied_rewards, method):
+    """rl.recompute_old_logp auto skips π_old's forward for a rule that does not read it (μ samples with
+    the trainer's model): every logged metric, the position profile and the final weights are
+    byte-identical to `always`; `rule/k3_old_mu` is then logged at the evaluated steps only, with the
+    same value. And the skipping run is deterministic: the same seed twice gives the same file."""
+    p = write_cfg(tmp_path, methods={**CFG["methods"], **SKIP_METHODS})
+    for mode in ("auto", "always"):
+        assert train(p, tmp_path / mode, base_ckpt, "--setting", "fresh", "--set", f"rl.recompute_old_logp={mode}",
+                     method=method) == 0
+    auto, always = ((tmp_path / m / "metrics.jsonl").read_text() for m in ("auto", "always"))
+    evaluated = {3, 6}  # eval_every 3, 6 steps
+    n_old = 0
+    for a, b in zip(map(json.loads, auto.splitlines()), map(json.loads, always.splitlines()), strict=True):
+        if "train/updates" not in b or "rule/div_mean" not in b:  # step 0, or a step without an update
+            assert a == b
+            continue
+        n_old += "rule/k3_old_mu" in a
+        assert ("rule/k3_old_mu" in a) == (a["step"] in evaluated), a["step"]
+        assert a == (b if a["step"] in evaluated else {k: v for k, v in b.items() if k != "rule/k3_old_mu"})
+    assert n_old == 2
+    for f in ("position_profile.json", "final/model.safetensors", "done"):
+        assert (tmp_path / "auto" / f).read_bytes() == (tmp_path / "always" / f).read_bytes(), f
+    if method == "cppo":  # one-host determinism of the skipping path
+        assert train(p, tmp_path / "again", base_ckpt, "--setting", "fresh", method=method) == 0
+        assert (tmp_path / "again" / "metrics.jsonl").read_text() == auto
+
+
+def test_pi_old_is_kept_where_it_is_read_or_measures_a_mismatch(tmp_path, base_ckpt):
+    """auto still computes π_old every step for a rule that reads it (grpo: ppo_clip, anchor old), with
+    rollout correction, and when μ is not the trainer's own model (lag, precision, another engine)."""
+    from cppo.train.rl import Trainer
+
+    p = write_cfg(tmp_path)
+    cases = [("grpo", "fresh", [], True), ("cppo", "fresh", [], False), ("cppo", "stale", [], True),
+             ("cppo", "fresh", ["rl.rollout_dtype=bfloat16"], True),
+             ("cppo", "fresh", ["rl.rollout_correction={rollout_is: token}"], True),
+             ("cppo", "fresh", ["rl.recompute_old_logp=always"], True)]
+    for method, setting, sets, every_step in cases:
+        tr = Trainer(resolve_run(load_config(p, sets), method, "xs", 3, setting=setting), tmp_path / "r",
+                     str(base_ckpt), progress=False)
+        assert [tr.needs_old(s) for s in range(1, 7)] == ([True] * 6 if every_step else
+                                                          [False, False, True, False, False, True]), (method, sets)
+        tr.rl.engine = "vllm"  # an engine that is not the trainer's model: the mismatch is the point
+        assert all(tr.needs_old(s) for s in range(1, 7))
+    with pytest.raises(ConfigError, match="recompute_old_logp"):
+        resolve_run(load_config(p, ["rl.recompute_old_logp=never"]), "cppo", "xs", 1)
+
+
 def test_done_run_is_left_alone_and_changed_config_refused(tmp_path, base_ckpt, capsys):
     p = write_cfg(tmp_path)
     run_dir = tmp_path / "r"

@@ -1,8 +1,10 @@
 """The host a report was made on: CPU, torch's CPU kernel level and the numeric stack's versions.
 
-Why in summary.md: a grid re-run on another machine uses other float kernels (AVX2 against AVX-512,
-another BLAS path), so its numbers differ in the last bits and, through sampling, in every run. The
-line says which host and stack a committed summary comes from, and what may be expected elsewhere.
+Why in summary.md: on the native numeric path a grid re-run on another machine uses other float
+kernels (AVX2 against AVX-512, another BLAS path), so its numbers differ in the last bits and, through
+sampling, in every run. The pinned path (cppo/numerics.py, the default) fixes the kernels. The line
+says which host, stack and numeric path a committed summary comes from, and what may be expected
+elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ def host_provenance() -> dict[str, str]:
         capability = str(torch.backends.cpu.get_cpu_capability())
     except ImportError:
         capability = "unknown"
-    info = {"host/cpu": cpu_model(), "host/torch_cpu_capability": capability}
+    from cppo import numerics
+
+    info = {"host/cpu": cpu_model(), "host/torch_cpu_capability": capability,
+            "host/numerics": numerics.effective()["numerics/path"]}
     for dist in ("torch", "transformers", "numpy"):
         try:
             info[f"version/{dist}"] = metadata.version(dist)
@@ -45,7 +50,19 @@ def host_line(provenance: dict) -> str:
     def v(dist):
         return provenance.get(f"version/{dist}", "unknown")
 
+    path = provenance.get("host/numerics", "unknown")
+    if path == "pinned":
+        where = (f"Numeric path: {numerics_name('pinned')}: any x86-64 host with AVX2, Intel or AMD, "
+                 "gets these numbers bit for bit with the same locked stack and thread counts.")
+    else:
+        where = (f"Numeric path: {path}. Results are bit-for-bit reproducible on one host; across hosts "
+                 "(other float kernels) they agree statistically, not bit for bit.")
     return (f"Host: {provenance.get('host/cpu', 'unknown CPU')}, torch CPU capability "
             f"{provenance.get('host/torch_cpu_capability', 'unknown')}; torch {v('torch')}, transformers "
-            f"{v('transformers')}, numpy {v('numpy')}. Results are bit-for-bit reproducible on one host; across "
-            "hosts (other float kernels) they agree statistically, not bit for bit.")
+            f"{v('transformers')}, numpy {v('numpy')}. {where}")
+
+
+def numerics_name(path: str) -> str:
+    from cppo.numerics import describe
+
+    return describe(path)

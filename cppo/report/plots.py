@@ -11,7 +11,8 @@
   line per method; the on-policy reference rung, trained with one method, is drawn in black.
 - `comparison_figure`: the declared comparisons (`cppo.report.verdicts`) as a forest plot: per
   measure, each difference with its 95% interval, coloured when decided, with the split halves.
-All are written as PNG (for the HTML report and the README) and SVG (for papers).
+All are written as PNG (for the HTML report and the README) and SVG (for papers), byte-identical
+when the numbers are: no date in the SVG, and its ids drawn from a fixed salt.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
+    # The same figure, the same bytes: SVG ids from a fixed salt instead of random ones (the dates
+    # are dropped in _save), so a regenerated results/ folder differs only where a number does.
+    matplotlib.rcParams["svg.hashsalt"] = "cppo-bench"
     import matplotlib.pyplot as plt
 
     return plt
@@ -54,7 +58,7 @@ def _save(fig, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.svg"]
     fig.savefig(paths[0], dpi=110, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight", metadata={"Date": None})
     _plt().close(fig)
     return paths
 

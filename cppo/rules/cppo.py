@@ -48,7 +48,7 @@ import torch
 from cppo.rules.diagnostics import shared_metrics
 from cppo.rules.divergence import ANCHORS, DIVERGENCES, token_divergence
 from cppo.rules.gate import advantage_gate, is_surrogate, policy_terms
-from cppo.rules.registry import param, register_rule
+from cppo.rules.registry import anchor_is_old, param, register_rule
 from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
 ABLATIONS = (None, "no_position_weight", "no_prefix_budget", "shuffled_weights")
@@ -159,7 +159,8 @@ def prefix_delta_b(div: Tensor, mask: Tensor, p: CPPOParams) -> Tensor | float:
 
 
 @register_rule("cppo", CPPOParams, paper="Mao et al. 2026, arXiv 2606.10968",
-               summary="position-weighted token test + cumulative prefix-divergence budget")
+               summary="position-weighted token test + cumulative prefix-divergence budget",
+               reads_old=anchor_is_old)
 def cppo(batch: PolicyBatch, p: CPPOParams) -> RuleOutput:
     mask = batch.mask
     terms = policy_terms(batch, p.anchor)

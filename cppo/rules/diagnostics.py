@@ -10,7 +10,7 @@ rules can be overlaid. Definitions (all without gradient):
 | seq_fully_masked_frac | fraction of sequences with ≥ 1 eligible token in which no eligible token is kept |
 | div_mean / div_max | mean / max over response tokens of the D_t the rule tested (CPPO, DPPO: its configured divergence; TRM: its per-token KL; other rules: binary TV between π and μ) |
 | k3_pi_mu | mean over response tokens of k3 with log r = log π − log μ (the policy's drift from the sampler) |
-| k3_old_mu | mean of k3 with log r = log π_old − log μ (rollout/trainer mismatch alone) |
+| k3_old_mu | mean of k3 with log r = log π_old − log μ (rollout/trainer mismatch alone); only when the batch carries `old_logp` |
 | ratio_max | max over response tokens of ρ_t = π/μ |
 | ess | effective sample size of ρ over response tokens, normalised to (0, 1]: (Σρ)² / (N Σρ²) |
 | entropy | mean entropy of π over response tokens (only when the batch carries `entropy`) |
@@ -31,11 +31,12 @@ from cppo.rules.types import PolicyBatch, RuleOutput, Tensor
 
 METRIC_NAMES: tuple[str, ...] = (
     "masked_frac", "masked_frac_pos", "masked_frac_neg", "seq_fully_masked_frac",
-    "div_mean", "div_max", "k3_pi_mu", "k3_old_mu", "ratio_max", "ess",
+    "div_mean", "div_max", "k3_pi_mu", "ratio_max", "ess",
 )
 """Reported by every rule for every batch."""
-OPTIONAL_METRIC_NAMES: tuple[str, ...] = ("entropy",)
-"""Reported when the batch carries the input (`PolicyBatch.entropy`)."""
+OPTIONAL_METRIC_NAMES: tuple[str, ...] = ("k3_old_mu", "entropy")
+"""Reported when the batch carries the input (`PolicyBatch.old_logp`, `PolicyBatch.entropy`): the
+trainer leaves π_old out for rules that do not read it, except where it is cheap (docs/training.md)."""
 RULE_METRIC_NAMES: dict[str, tuple[str, ...]] = {"cppo": ("prefix_reject_frac", "token_reject_frac")}
 """Extra metrics of specific rules."""
 ALL_METRIC_NAMES: tuple[str, ...] = METRIC_NAMES + OPTIONAL_METRIC_NAMES + tuple(
@@ -72,7 +73,6 @@ def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] =
     else:
         mu = torch.where(mask, batch.rollout_logp.to(dt), 0.0)
         log_rho = (logp - mu).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-    old = torch.where(mask, batch.old_logp.to(dt), 0.0)
     if limited is None:
         limited = mask & ~kept
     if div is None:
@@ -95,10 +95,12 @@ def shared_metrics(batch: PolicyBatch, kept: Tensor, limited: Optional[Tensor] =
         "div_mean": _frac(div.sum(), n_tok),
         "div_max": div.max(),  # D ≥ 0 and 0 on padding
         "k3_pi_mu": _frac((rho_all - 1.0 - log_rho).sum(), n_tok),  # k3; 0 on padding
-        "k3_old_mu": _frac(k3((old - mu).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).sum(), n_tok),
         "ratio_max": rho.max(),  # ρ > 0 on response tokens, 0 on padding
         "ess": rho.sum().square() / (n_tok * rho.square().sum()).clamp_min(1e-30),
     }
+    if batch.old_logp is not None:  # None: the trainer skipped π_old for a rule that does not read it
+        old = torch.where(mask, batch.old_logp.to(dt), 0.0)
+        vals["k3_old_mu"] = _frac(k3((old - mu).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).sum(), n_tok)
     if batch.entropy is not None:
         vals["entropy"] = _frac(torch.where(mask, batch.entropy.detach().to(dt), 0.0).sum(), n_tok)
     for name, hit in (extra_counts or {}).items():

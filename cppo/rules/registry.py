@@ -3,7 +3,15 @@
 A rule is registered once with `@register_rule(name, Params, paper=..., summary=...)` on a function
 `fn(batch: PolicyBatch, p: Params) -> RuleOutput`, where `Params` is a dataclass whose fields carry
 their default and a one-line doc (`param(default, "doc")`). `get_rule(name, **params)` validates the
-parameters and returns a plain callable `Rule` object with `.name`, `.params` and `.needs_topk`.
+parameters and returns a plain callable `Rule` object with `.name`, `.params`, `.needs_topk` and
+`.reads_old`.
+
+Which inputs a rule reads is declared at registration: every rule reads π (`logp`), μ
+(`rollout_logp`) and Â; `reads_old` says whether it also reads π_old (`old_logp`, `old_topk_logp`):
+`True`, `False`, or a function of the parameters (`anchor_is_old`: only with `anchor: old`). The
+trainer skips π_old's forward pass for a rule that does not read it (docs/training.md); such a rule
+is called with `old_logp=None`, so a wrong declaration fails loudly instead of reading stale data.
+Undeclared means `True` (the safe side: π_old is computed).
 
 Built-in rules live in `cppo/rules/cppo.py` and `baselines/<name>.py` and are imported lazily, on
 first use. Third-party packages add rules through the entry-point group `cppo.rules`:
@@ -60,18 +68,27 @@ class RuleSpec:
     params_cls: type
     paper: str
     summary: str
+    reads_old: bool | Callable[[Any], bool] = True
+    """Whether `fn` reads π_old (`PolicyBatch.old_logp` / `old_topk_logp`): a bool, or a function of the params."""
+
+
+def anchor_is_old(params: Any) -> bool:
+    """`reads_old` of the rules with an `anchor` parameter: π_old is read only as the anchor `old`."""
+    return params.anchor == "old"
 
 
 _REGISTRY: dict[str, RuleSpec] = {}
 
 
-def register_rule(name: str, params_cls: type, paper: str = "", summary: str = ""):
-    """Decorator registering `fn(batch, params) -> RuleOutput` under `name`."""
+def register_rule(name: str, params_cls: type, paper: str = "", summary: str = "",
+                  reads_old: bool | Callable[[Any], bool] = True):
+    """Decorator registering `fn(batch, params) -> RuleOutput` under `name`; `reads_old`: whether it reads
+    π_old (a bool, or a function of the params such as `anchor_is_old`)."""
     if not dataclasses.is_dataclass(params_cls):
         raise TypeError(f"register_rule({name!r}): params_cls must be a dataclass")
 
     def deco(fn):
-        spec = RuleSpec(name=name, fn=fn, params_cls=params_cls, paper=paper, summary=summary)
+        spec = RuleSpec(name=name, fn=fn, params_cls=params_cls, paper=paper, summary=summary, reads_old=reads_old)
         old = _REGISTRY.get(name)
         if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"rule name {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
@@ -146,7 +163,7 @@ def _check_choices(name: str, params: Any) -> None:
 
 
 class Rule:
-    """A configured rule: `rule(batch) -> RuleOutput`, with `.name`, `.params`, `.needs_topk`."""
+    """A configured rule: `rule(batch) -> RuleOutput`, with `.name`, `.params`, `.needs_topk`, `.reads_old`."""
 
     def __init__(self, spec: RuleSpec, params: Any):
         self.spec = spec
@@ -162,6 +179,12 @@ class Rule:
     def needs_topk(self) -> bool:
         """True when the rule's divergence needs log π at μ's top-K ids (`PolicyBatch.policy_topk_logp`)."""
         return bool(getattr(self.config, "needs_topk", False))
+
+    @property
+    def reads_old(self) -> bool:
+        """True when the rule reads π_old (`PolicyBatch.old_logp`, `old_topk_logp`); False: it may be None."""
+        r = self.spec.reads_old
+        return bool(r(self.config) if callable(r) else r)
 
     def __call__(self, batch: PolicyBatch) -> RuleOutput:
         if self.needs_topk and not batch.has_topk:

@@ -28,8 +28,9 @@ class PolicyBatch:
     logp: Tensor
     """(B, T) log π(y_t|s_t) of the sampled tokens under the policy being updated; carries the gradient.
     Finite on response tokens."""
-    old_logp: Tensor
-    """(B, T) log π_old(y_t|s_t): the trainer's policy before this round of updates."""
+    old_logp: Optional[Tensor]
+    """(B, T) log π_old(y_t|s_t): the trainer's policy before this round of updates. May be None for a
+    rule registered with `reads_old` false (the trainer then skips π_old's forward; `k3_old_mu` is not reported)."""
     rollout_logp: Tensor
     """(B, T) log μ(y_t|s_t): recorded by the rollout engine that sampled y."""
     advantages: Tensor

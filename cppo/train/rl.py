@@ -8,7 +8,9 @@ One rollout step:
      μ samples with a low-precision copy (the bf16-engine / fp32-trainer mismatch of real systems).
   2. Rewards → group advantages Â (std normalisation optional); groups with zero reward variance
      are dropped and counted (the paper skips them).
-  3. π_old = the current weights, evaluated once on the whole batch (no gradient). With
+  3. π_old = the current weights, evaluated once on the whole batch (no gradient), when needed (see
+     :meth:`Trainer.needs_old`: skipped for a rule that does not read π_old while μ samples with the
+     trainer's own weights, except at evaluated steps, where ``rule/k3_old_mu`` is logged). With
      ``rollout_correction`` (verl's names, :mod:`cppo.rules.rollout_correction`), μ is corrected
      against π_old here, once per rollout batch: rejected tokens leave the mask that the rule and the
      aggregation see, and IS weights multiply the rule's per-token loss; diagnostics ``rollout_corr/*``.
@@ -56,6 +58,10 @@ _MAX_METRICS = {"div_max", "ratio_max"}
 # periodic evaluation samples with seed·EVAL_SEED_STRIDE + step: a reproducible stream per (seed, step),
 # distinct for every pair as long as step < EVAL_SEED_STRIDE
 EVAL_SEED_STRIDE = 100_003
+# engines that may sample with the trainer's own model object: only with them (and no lag, no rollout
+# precision of its own) is μ = π_old up to numerics, so that π_old may be skipped; with any other engine
+# (vllm) the μ-vs-π_old mismatch is what is measured, every update
+SHARED_MODEL_ENGINES = ("hf", "hf_fast")
 # the mini-batch shuffling stream is seeded run.seed + SHUFFLE_SEED_OFFSET, so that it is not the
 # same torch stream as rollout sampling (seeded run.seed)
 SHUFFLE_SEED_OFFSET = 1
@@ -144,10 +150,11 @@ def policy_logprobs(model, sb: SequenceBatch, temperature: float, want_topk: boo
     return logp, topk, ent
 
 
-def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor, old_topk: torch.Tensor | None, rl,
+def minibatch_loss(rule, model, mb: SequenceBatch, old_logp: torch.Tensor | None, old_topk: torch.Tensor | None, rl,
                    is_weights: torch.Tensor | None = None):
     """The scalar loss of one mini-batch: aggregate(rule(PolicyBatch).loss), the per-token loss times the
-    rollout-correction weights `is_weights` (B, T) when given. Returns (loss, out, batch)."""
+    rollout-correction weights `is_weights` (B, T) when given. `old_logp` None: π_old was skipped (a rule
+    that does not read it). Returns (loss, out, batch)."""
     from cppo.rules import PolicyBatch, aggregate_loss
 
     logp, pol_topk, ent = policy_logprobs(model, mb, rl.temperature, rule.needs_topk, True)  # (B, T)
@@ -384,14 +391,37 @@ class Trainer:
                                   generator=self.sample_gen)
         return rb, rows
 
+    def needs_old(self, step: int) -> bool:
+        """Whether rollout step ``step`` (1-based, the one being trained) computes π_old's log-probs.
+
+        Always with ``recompute_old_logp: always``, for a rule that reads π_old (its registered
+        ``reads_old``), with rollout correction, and when μ does not sample with the trainer's own
+        weights (another engine, a lagged copy, another precision): there the μ-vs-π_old mismatch is
+        measured every update. Otherwise μ = π_old up to numerics and π_old only feeds the diagnostic
+        ``rule/k3_old_mu``, which is then computed where it is cheap: at the evaluated steps.
+        Skipping changes no other logged value (tests/test_train.py).
+        """
+        rl = self.rl
+        shared = rl.engine in SHARED_MODEL_ENGINES and getattr(self.engine, "model", None) is self.model
+        if rl.recompute_old_logp == "always" or self.rule.reads_old or self.correction is not None or not shared:
+            return True
+        return self.is_eval_step(step)
+
+    def is_eval_step(self, step: int) -> bool:
+        """Whether the loop evaluates after rollout step ``step`` (every ``eval_every``, and the last)."""
+        rl = self.rl
+        return bool(rl.eval_every) and (step % rl.eval_every == 0 or step == rl.steps)
+
     def update(self, sb: SequenceBatch) -> dict[str, float]:
-        """π_old once, then one optimizer step per mini-batch. Returns averaged metrics."""
+        """π_old once (when needed), then one optimizer step per mini-batch. Returns averaged metrics."""
         from cppo.rules.diagnostics import position_profile
 
         rl, model = self.rl, self.model
         need_topk = self.rule.needs_topk
-        with torch.no_grad():
-            old_logp, old_topk, _ = policy_logprobs(model, sb, rl.temperature, need_topk, False)  # (N, T)
+        old_logp = old_topk = None  # (N, T), (N, T, K): None when skipped
+        if self.needs_old(self.step + 1):
+            with torch.no_grad():
+                old_logp, old_topk, _ = policy_logprobs(model, sb, rl.temperature, need_topk, False)
         m: dict[str, float] = {}
         is_w = None  # (N, T) rollout-correction weights
         if self.correction is not None:
@@ -403,7 +433,8 @@ class Trainer:
             m.update({f"rollout_corr/{k}": v for k, v in corr.metrics.items()})
         sums: dict[str, list[float]] = collections.defaultdict(list)
         for chunk in self.minibatches(sb):
-            loss, out, batch = minibatch_loss(self.rule, model, sb.select(chunk), old_logp[chunk],
+            loss, out, batch = minibatch_loss(self.rule, model, sb.select(chunk),
+                                              None if old_logp is None else old_logp[chunk],
                                               None if old_topk is None else old_topk[chunk], rl,
                                               None if is_w is None else is_w[chunk])
             self.opt.zero_grad(set_to_none=True)
@@ -505,7 +536,7 @@ class Trainer:
             self.step += 1
             if self.stopped_reason is not None:
                 m["train/stopped_nonfinite"] = 1.0
-            if rl.eval_every and (self.step % rl.eval_every == 0 or self.step == rl.steps or self.stopped_reason):
+            if self.is_eval_step(self.step) or (rl.eval_every and self.stopped_reason):
                 m.update(self.evaluate())
             self._log(self.step, m, perf)
             last = m
