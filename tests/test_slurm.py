@@ -42,7 +42,8 @@ SETS = ["grid.seeds=[1]", "grid.methods=[pg_is, cppo]", "report.comparisons.agai
 SLURM_RULES = {"base": 1, "train_chunk": 2}
 RUNS = [("pg_is", 1), ("cppo", 1)]
 STEPS = 12
-# A grid that has not ended by then is hung (the local run of this grid takes about a minute on 2 cores).
+# A grid that has not ended by then is hung: it took 134-146 s locally and 148-198 s through SLURM on 2
+# cores shared with other work (docs/gpu-and-cluster.md, "CPU grids on a SLURM cluster").
 HANG_S = 420
 
 
