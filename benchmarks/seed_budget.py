@@ -2,6 +2,7 @@
 
     python benchmarks/seed_budget.py results/tiny [--cores 2] [--budget-min 25] [--margin 0.05]
                                      [--per-run-s 47.5] [--seeds 8 10 12 14 16 20 30]
+    python benchmarks/seed_budget.py results/tiny --slurm --cores 64 --budget-min 60   # on a SLURM cluster
 
 For each candidate seed count n (the same n for every method of the grid):
 
@@ -17,6 +18,14 @@ The chosen n is the largest whose prediction is at most (1 − margin) × budget
 are the figures measured on the 20-seed `tiny` run (docs/tiny-default.md, "Cost" and "Amendment"):
 47.5 s per run (46 s of training, 1.5 s of evaluation), 8 s per process start, 60 s for the SFT
 base, 123 s of set-up, 42 s of report. Pass your own with more cores or another machine.
+
+``--slurm``: the grid sent to a SLURM cluster with ``workflow/profiles/slurm-cpu``, ``--cores`` being
+the cluster's cores free for it. No set-up (the environment exists), and every SLURM job (the SFT base
+and each grid job) costs ``--slurm-overhead-s`` more than the same job run locally: the job's own
+Snakemake start inside the allocation and the wait until the next status check sees it finished
+(docs/gpu-and-cluster.md, "CPU grids on a SLURM cluster", measured on a one-node cluster). A cluster
+runs at most as many jobs at once as the grid has: more cores than jobs do not shorten it, a smaller
+``grid.runs_per_job`` (``--jobs-per-method``) does.
 """
 
 from __future__ import annotations
@@ -35,6 +44,10 @@ from cppo.report.compare import detectable_at
 from cppo.report.grid import declared
 
 
+SETUP_S = 123.0  # scripts/bootstrap on a fresh clone
+SLURM_OVERHEAD_S = 25.0  # per SLURM job, measured on the one-node cluster (docs/gpu-and-cluster.md)
+
+
 def makespan(job_runs: list[int], cores: int, per_run_s: float, start_s: float) -> float:
     """Seconds until the last of the jobs ends, each job to the first free core, longest first."""
     free = [0.0] * cores
@@ -49,7 +62,10 @@ def predicted_s(n: int, a: argparse.Namespace, n_methods: int) -> tuple[float, i
     k = math.ceil(n / a.jobs_per_method)
     per_method = [k] * (n // k) + ([n % k] if n % k else [])
     jobs = per_method * n_methods
-    return a.setup_s + a.base_s + makespan(jobs, a.cores, a.per_run_s, a.job_start_s) + a.report_s, len(jobs)
+    extra = a.slurm_overhead_s if a.slurm else 0.0  # per SLURM job
+    setup = a.setup_s if a.setup_s is not None else (0.0 if a.slurm else SETUP_S)
+    return (setup + a.base_s + extra + makespan(jobs, a.cores, a.per_run_s, a.job_start_s + extra) + a.report_s,
+            len(jobs))
 
 
 def observed_sds(folder: Path, measure: str, setting: str) -> dict[str, dict[int, float]]:
@@ -78,16 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-run-s", type=float, default=47.5, help="one run's training plus its evaluation")
     ap.add_argument("--job-start-s", type=float, default=8.0, help="one process start (imports)")
     ap.add_argument("--base-s", type=float, default=60.0, help="the SFT base (runs alone)")
-    ap.add_argument("--setup-s", type=float, default=123.0, help="scripts/bootstrap on a fresh clone")
+    ap.add_argument("--setup-s", type=float, default=None,
+                    help=f"scripts/bootstrap on a fresh clone (default {SETUP_S:g}; 0 with --slurm)")
     ap.add_argument("--report-s", type=float, default=42.0)
     ap.add_argument("--jobs-per-method", type=int, default=2)
+    ap.add_argument("--slurm", action="store_true",
+                    help="on a SLURM cluster (workflow/profiles/slurm-cpu); --cores: its cores free for the grid")
+    ap.add_argument("--slurm-overhead-s", type=float, default=SLURM_OVERHEAD_S,
+                    help="seconds each SLURM job adds to the same job run locally")
     a = ap.parse_args(argv)
     cfg_path = a.results / "config.yaml"
     if not cfg_path.is_file() or not (a.results / "stability.csv").is_file():
         print(f"seed_budget: {a.results} needs config.yaml and stability.csv (a `cppo report` folder)", file=sys.stderr)
         return 2
-    if min(a.seeds) < 2 or a.cores < 1 or a.jobs_per_method < 1 or not 0 <= a.margin < 1:
-        print("seed_budget: --seeds must be >= 2, --cores and --jobs-per-method >= 1, --margin in [0, 1)",
+    if min(a.seeds) < 1 or a.cores < 1 or a.jobs_per_method < 1 or not 0 <= a.margin < 1:
+        print("seed_budget: --seeds, --cores and --jobs-per-method must be >= 1, --margin in [0, 1)",
               file=sys.stderr)
         return 2
     cfg = yaml.safe_load(cfg_path.read_text())
@@ -110,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     unit = 100.0 if dec is not None and dec.primary in ("auc", "best", "final", "score") else 1.0
     head = ["seeds per method", "runs", "jobs", "predicted", f"≤ {limit / 60:.2f} min?"]
     head += [f"detectable {f} − {o} ({s})" for s, f, o, _, _ in comps]
-    print(f"{len(methods)} methods, {a.cores} cores, {a.per_run_s:g} s per run; detectable on "
+    where = f"a SLURM cluster's {a.cores} cores (+{a.slurm_overhead_s:g} s per job)" if a.slurm else f"{a.cores} cores"
+    print(f"{len(methods)} methods, {where}, {a.per_run_s:g} s per run; detectable on "
           f"{dec.primary if dec else '–'} at 80% power, alpha {dec.alpha if dec else 0.05:g} / {len(comps) or 1}"
           f"{' (points)' if unit == 100 else ''}\n")
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         fits = t <= limit
         chosen = n if fits else chosen
         mdd = [detectable_at(sa, sb, n, n, dec.paired, dec.alpha / len(comps), resamples=dec.resamples) * unit
-               for _, _, _, sa, sb in comps]
+               if n >= 2 else math.inf for _, _, _, sa, sb in comps]  # one seed: no difference is decidable
         cells = [str(n), str(n * len(methods)), str(jobs), f"{t / 60:.1f} min", "yes" if fits else "no"]
         cells += [f"{d:.1f}" if math.isfinite(d) else "∞" for d in mdd]
         print("| " + " | ".join(cells) + " |")

@@ -505,3 +505,25 @@ def test_evaluate_passes_only_the_eval_keys_the_profile_sets(tmp_path):
     for flag in ("--n ", "--temperature ", "--top-p ", "--backend "):
         assert flag not in evals[0], evals[0]
     assert "--max-tokens 40" in evals[0] and "--limit 128" in evals[0]  # what the profile does set is passed
+
+
+@pytest.mark.parametrize("profile", ["tiny.yaml", "tiny-long.yaml", "tiny-all.yaml"])
+def test_dry_run_with_the_slurm_cpu_profile(tmp_path, profile):
+    """workflow/profiles/slurm-cpu plans each CPU grid with no other option: one CPU per job, the measured
+    memory of each job kind (tests/test_slurm.py runs it on a real one-node cluster)."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install 'cppo-bench[slurm]')")
+    res = _snakemake("-n", "--profile", str(REPO / "workflow" / "profiles" / "slurm-cpu"),
+                     "--configfile", str(REPO / "config" / profile), cwd=tmp_path)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-3000:]
+    want = {"base": "1500", "train_chunk": "2000", "train": "1000", "evaluate": "1000"}
+    seen = set()
+    for rule, resources in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: ([^\n]+)", out, re.M):
+        if rule not in want:  # mlflow_init, report: local rules, run on the submitting host
+            continue
+        res = dict(kv.split("=", 1) for kv in resources.split(", "))
+        assert (res["cpus_per_task"], res["slurm_partition"], res["gpu"]) == ("1", "cpu", "0"), (rule, res)
+        assert res["mem_mb"] == want[rule], (rule, res)
+        seen.add(rule)
+    assert "base" in seen and seen & {"train", "train_chunk"}
