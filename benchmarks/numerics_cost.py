@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -28,15 +27,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_LINE = re.compile(r"^cppo train: (.+?): .*; ([\d.]+) s training, ([\d.]+) s evaluation$", re.M)
+sys.path.insert(0, str(REPO / "benchmarks"))
+from pipeline_cost import RUN_LINE, children_cpu  # noqa: E402  (the grouped job's per-run line; CPU of children)
+
 PATHS = ("pinned", "native")
-
-
-def cpu_of_children() -> float:
-    import resource
-
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
 
 
 def run(cmd: list[str], path: str, log: Path) -> tuple[float, float, str]:
@@ -44,9 +38,9 @@ def run(cmd: list[str], path: str, log: Path) -> tuple[float, float, str]:
     env = {k: v for k, v in os.environ.items() if k != "CPPO_NUMERICS"}
     env.update(CPPO_NUMERICS=path, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    t0, c0 = time.perf_counter(), cpu_of_children()
+    t0, c0 = time.perf_counter(), children_cpu()
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall, cpu = time.perf_counter() - t0, cpu_of_children() - c0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     with open(log, "a") as fh:
         fh.write(f"$ CPPO_NUMERICS={path} {' '.join(cmd)}\n{out.stdout}{out.stderr}\n")
     if out.returncode != 0:

@@ -13,6 +13,8 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+from cppo.numerics import describe
+
 
 def cpu_model() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform reports."""
@@ -52,7 +54,7 @@ def host_line(provenance: dict) -> str:
 
     path = provenance.get("host/numerics", "unknown")
     if path == "pinned":
-        where = (f"Numeric path: {numerics_name('pinned')}: any x86-64 host with AVX2, Intel or AMD, "
+        where = (f"Numeric path: {describe('pinned')}: any x86-64 host with AVX2, Intel or AMD, "
                  "gets these numbers bit for bit with the same locked stack and thread counts.")
     else:
         where = (f"Numeric path: {path}. Results are bit-for-bit reproducible on one host; across hosts "
@@ -60,9 +62,3 @@ def host_line(provenance: dict) -> str:
     return (f"Host: {provenance.get('host/cpu', 'unknown CPU')}, torch CPU capability "
             f"{provenance.get('host/torch_cpu_capability', 'unknown')}; torch {v('torch')}, transformers "
             f"{v('transformers')}, numpy {v('numpy')}. {where}")
-
-
-def numerics_name(path: str) -> str:
-    from cppo.numerics import describe
-
-    return describe(path)
