@@ -3,11 +3,14 @@
 Same model (a tiny-profile Qwen3 checkpoint), same task (chain arithmetic), same batch (16 prompts ×
 8 samples, ≤ 32 new tokens, temperature 1), same number of optimizer steps per rollout (8 mini-batches
 of 16 sequences, π_old recomputed once per rollout), same clip rule (PPO clip 0.2/0.28, no KL term),
-one CPU thread each. Reported per rollout step: wall time, its split into generation (sampling +
-scoring + π_old) and update (the 8 optimizer steps), and tokens/s (generated response tokens per
-second of each part and of the whole step).
+one CPU thread each, on the numeric path the suite runs on (pinned unless ``CPPO_NUMERICS=native``).
+Reported per rollout step: wall time, its split into generation (sampling + scoring + π_old) and
+update (the 8 optimizer steps), and tokens/s (generated response tokens per second of each part and
+of the whole step). The two trainers alternate for ``--repeats`` passes, so that a host whose speed
+drifts (a shared VM) weighs on both alike: the table gives medians over the passes, the speed-up each
+pass's own ratio and their median.
 
-    .venv/bin/python benchmarks/trainer.py [--scale s] [--rollouts 4] [--init CKPT] [--skip-trl]
+    .venv/bin/python benchmarks/trainer.py [--scale s] [--rollouts 4] [--repeats 5] [--init CKPT] [--skip-trl]
 
 TRL is an optional benchmark dependency (``pip install trl``, extra ``bench``); without it the TRL
 rows are skipped with a note. Timings are wall clock on whatever else the machine is running:
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -141,43 +145,59 @@ def main() -> int:
     ap.add_argument("--config", default=str(REPO / "config" / "tiny.yaml"))
     ap.add_argument("--scale", default="s")
     ap.add_argument("--rollouts", type=int, default=4, help="timed rollout steps (after one warm-up)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="alternating passes (ours, then TRL); the speed-up is the median of the passes' ratios")
     ap.add_argument("--init", default=None, help="checkpoint (default: the profile's base of --scale)")
     ap.add_argument("--skip-trl", action="store_true")
     args = ap.parse_args()
 
+    import cppo  # noqa: F401  (the numeric path is set before torch's first kernel)
     import torch
 
+    from cppo import numerics
     from cppo.config import load_config, resolve_run
 
     cfg = load_config(args.config)
     run = resolve_run(cfg, "grpo", args.scale, 0, "fresh" if "fresh" in cfg.settings else None)
     torch.set_num_threads(run.rl.num_threads)
     init = base_checkpoint(args, cfg)
-    rows = [("cppo-bench (hf engine)", bench_ours(cfg, run, init, args.rollouts))]
-    if not args.skip_trl:
-        rows.append(("TRL GRPOTrainer", bench_trl(cfg, run, init, args.rollouts)))
+    # ours and TRL alternate, pass after pass, so that a machine whose speed drifts (shared hosts) weighs
+    # on both alike; each pass's ratio compares two measurements taken seconds apart
+    passes: list[dict[str, dict | str]] = []
+    for _ in range(args.repeats):
+        p = {"cppo-bench (hf engine)": bench_ours(cfg, run, init, args.rollouts)}
+        if not args.skip_trl:
+            p["TRL GRPOTrainer"] = bench_trl(cfg, run, init, args.rollouts)
+        passes.append(p)
 
     rl = run.rl
     print(f"\nRL step throughput, scale {args.scale}, {rl.prompts_per_rollout} prompts x {rl.samples_per_prompt} samples, "
           f"{rl.updates_per_rollout} updates/rollout, <= {rl.max_new_tokens} new tokens, {rl.num_threads} thread(s), "
-          f"mean of {args.rollouts} rollouts\n")
+          f"numeric path {numerics.requested()}; per pass the mean of {args.rollouts} rollouts, "
+          f"{args.repeats} alternating passes, medians\n")
     print("| trainer | step s | generation s | update s | gen tok/s | update tok/s | step tok/s |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    ours_step = None
-    for name, r in rows:
-        if isinstance(r, str):
-            print(f"| {name} | {r} | | | | | |")
+    for name in passes[0]:
+        rs = [p[name] for p in passes]
+        if isinstance(rs[0], str):
+            print(f"| {name} | {rs[0]} | | | | | |")
             continue
-        step = r["gen_s"] + r["update_s"]
-        ours_step = ours_step or step
-        name = f"{name} {r['version']}" if "version" in r else name
-        print(f"| {name} | {step:.2f} | {r['gen_s']:.2f} | {r['update_s']:.2f} | {r['tokens'] / r['gen_s']:.0f} | "
-              f"{r['tokens'] / r['update_s']:.0f} | {r['tokens'] / step:.0f} |")
-    if len(rows) == 2 and not isinstance(rows[1][1], str):
-        t = rows[1][1]
-        print(f"\nspeed-up of cppo-bench over TRL (step tokens/s): "
-              f"{(rows[0][1]['tokens'] / ours_step) / (t['tokens'] / (t['gen_s'] + t['update_s'])):.2f}x")
+        med = {k: statistics.median(r[k] for r in rs) for k in ("gen_s", "update_s", "tokens")}
+        step = statistics.median(r["gen_s"] + r["update_s"] for r in rs)
+        label = f"{name} {rs[0]['version']}" if "version" in rs[0] else name
+        print(f"| {label} | {step:.2f} | {med['gen_s']:.2f} | {med['update_s']:.2f} | {med['tokens'] / med['gen_s']:.0f} | "
+              f"{med['tokens'] / med['update_s']:.0f} | {med['tokens'] / step:.0f} |")
+    ratios = [speedup(p) for p in passes if len(p) == 2 and not isinstance(p["TRL GRPOTrainer"], str)]
+    if ratios:
+        print(f"\nspeed-up of cppo-bench over TRL (step tokens/s), per pass: {', '.join(f'{r:.2f}x' for r in ratios)}; "
+              f"median {statistics.median(ratios):.2f}x")
     return 0
+
+
+def speedup(p: dict) -> float:
+    """Our step tokens/s over TRL's, within one pass."""
+    ours, trl = p["cppo-bench (hf engine)"], p["TRL GRPOTrainer"]
+    return (ours["tokens"] / (ours["gen_s"] + ours["update_s"])) / (trl["tokens"] / (trl["gen_s"] + trl["update_s"]))
 
 
 if __name__ == "__main__":
