@@ -12,8 +12,8 @@ pass's own ratio and their median.
 
     .venv/bin/python benchmarks/trainer.py [--scale s] [--rollouts 4] [--repeats 5] [--init CKPT] [--skip-trl]
 
-TRL is an optional benchmark dependency (``pip install trl``, extra ``bench``); without it the TRL
-rows are skipped with a note. Timings are wall clock on whatever else the machine is running:
+TRL is an optional benchmark dependency (``.venv/bin/pip install trl==1.16.0 -c requirements.lock``,
+which keeps the lock's versions; extra ``bench``); without it the TRL rows are skipped with a note. Timings are wall clock on whatever else the machine is running:
 compare numbers from the same invocation only.
 """
 
@@ -84,7 +84,7 @@ def bench_trl(cfg, run, init: str, rollouts: int) -> dict | str:
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as e:
-        return f"TRL not installed ({e}); `pip install trl` to compare"
+        return f"TRL not installed ({e}); `.venv/bin/pip install trl==1.16.0 -c requirements.lock` to compare"
     import torch
 
     from cppo.models import load_model
