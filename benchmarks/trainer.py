@@ -13,8 +13,9 @@ pass's own ratio and their median.
     .venv/bin/python benchmarks/trainer.py [--scale s] [--rollouts 4] [--repeats 5] [--init CKPT] [--skip-trl]
 
 TRL is an optional benchmark dependency (``.venv/bin/pip install trl==1.16.0 -c requirements.lock``,
-which keeps the lock's versions; extra ``bench``); without it the TRL rows are skipped with a note. Timings are wall clock on whatever else the machine is running:
-compare numbers from the same invocation only.
+which keeps the lock's versions; extra ``bench``); without it the TRL rows are skipped with a note.
+Timings are wall clock on whatever else the machine is running: compare numbers from the same
+invocation only.
 """
 
 from __future__ import annotations
