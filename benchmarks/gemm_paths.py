@@ -61,13 +61,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5, help="alternating child processes per path")
     ap.add_argument("--repeats", type=int, default=300, help="calls per shape per child")
     a = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from cppo import numerics  # (this process runs no kernel: its own pinning is harmless)
+
     shapes = [s[1:] for s in SHAPES]
-    times: dict[str, list[list[float]]] = {"pinned": [], "native": []}
+    times: dict[str, list[list[float]]] = {path: [] for path in numerics.PATHS}
     for _ in range(a.rounds):
         for path in times:
-            env = {**os.environ, "CPPO_NUMERICS": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-            if path == "native":  # the caller's pin variables would otherwise survive the opt-out
-                for var in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "NPY_DISABLE_CPU_FEATURES"):
+            env = {**os.environ, numerics.SWITCH: path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            if path == "native":  # the opt-out keeps pin variables it finds set: start the child without them
+                for var in numerics.PINNED_ENV:
                     env.pop(var, None)
             r = subprocess.run([sys.executable, "-c", CHILD, str(REPO), json.dumps(shapes), str(a.repeats)],
                                env=env, capture_output=True, text=True)

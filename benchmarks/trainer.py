@@ -34,6 +34,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+OURS, TRL = "cppo-bench (hf engine)", "TRL GRPOTrainer"  # the table's rows
+
 
 def base_checkpoint(args, cfg) -> str:
     """The scale's SFT base if present, else a fresh model saved to a temp folder (noted in the output)."""
@@ -152,10 +154,9 @@ def main() -> int:
     ap.add_argument("--skip-trl", action="store_true")
     args = ap.parse_args()
 
-    import cppo  # noqa: F401  (the numeric path is set before torch's first kernel)
+    from cppo import numerics  # first: importing cppo sets the numeric path before torch starts
     import torch
 
-    from cppo import numerics
     from cppo.config import load_config, resolve_run
 
     cfg = load_config(args.config)
@@ -166,9 +167,9 @@ def main() -> int:
     # on both alike; each pass's ratio compares two measurements taken seconds apart
     passes: list[dict[str, dict | str]] = []
     for _ in range(args.repeats):
-        p = {"cppo-bench (hf engine)": bench_ours(cfg, run, init, args.rollouts)}
+        p = {OURS: bench_ours(cfg, run, init, args.rollouts)}
         if not args.skip_trl:
-            p["TRL GRPOTrainer"] = bench_trl(cfg, run, init, args.rollouts)
+            p[TRL] = bench_trl(cfg, run, init, args.rollouts)
         passes.append(p)
 
     rl = run.rl
@@ -188,7 +189,7 @@ def main() -> int:
         label = f"{name} {rs[0]['version']}" if "version" in rs[0] else name
         print(f"| {label} | {step:.2f} | {med['gen_s']:.2f} | {med['update_s']:.2f} | {med['tokens'] / med['gen_s']:.0f} | "
               f"{med['tokens'] / med['update_s']:.0f} | {med['tokens'] / step:.0f} |")
-    ratios = [speedup(p) for p in passes if len(p) == 2 and not isinstance(p["TRL GRPOTrainer"], str)]
+    ratios = [speedup(p) for p in passes if not isinstance(p.get(TRL, ""), str)]
     if ratios:
         print(f"\nspeed-up of cppo-bench over TRL (step tokens/s), per pass: {', '.join(f'{r:.2f}x' for r in ratios)}; "
               f"median {statistics.median(ratios):.2f}x")
@@ -197,7 +198,7 @@ def main() -> int:
 
 def speedup(p: dict) -> float:
     """Our step tokens/s over TRL's, within one pass."""
-    ours, trl = p["cppo-bench (hf engine)"], p["TRL GRPOTrainer"]
+    ours, trl = p[OURS], p[TRL]
     return (ours["tokens"] / (ours["gen_s"] + ours["update_s"])) / (trl["tokens"] / (trl["gen_s"] + trl["update_s"]))
 
 
